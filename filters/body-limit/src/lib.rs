@@ -1,0 +1,161 @@
+//! tether-body-limit: Envoy HTTP filter (proxy-wasm) that enforces a request body limit.
+//!
+//! Glue only: reads what each callback offers, asks `tether_core::body_limit`, applies the
+//! answer. Host calls per request: none for a request without a body; otherwise `:method`
+//! and `:path` only when a rule needs them, plus `content-length`; none per body chunk
+//! unless the chunk is refused.
+
+use log::{debug, error, info, warn};
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, ContextType, LogLevel, MetricType};
+use std::rc::Rc;
+use tether_core::body_limit::{
+    check_headers, parse_content_length, rejection, BodyCounter, BodyLimitPolicy, DeclaredLength, HeadersVerdict,
+    Reason,
+};
+
+proxy_wasm::main! {{
+    proxy_wasm::set_log_level(LogLevel::Trace);
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(BodyLimitRoot::default()) });
+}}
+
+/// Counter ids; `None` where the host refused to define one (the filter still works).
+#[derive(Default)]
+struct Metrics {
+    rejected_declared: Option<u32>,
+    rejected_streamed: Option<u32>,
+    invalid_content_length: Option<u32>,
+}
+
+impl Metrics {
+    fn define() -> Metrics {
+        let counter = |name: &str| match hostcalls::define_metric(MetricType::Counter, name) {
+            Ok(id) => Some(id),
+            Err(status) => {
+                warn!("body-limit: cannot define metric {name}: {status:?}");
+                None
+            }
+        };
+        Metrics {
+            rejected_declared: counter("tether_body_limit.rejected.declared_too_large"),
+            rejected_streamed: counter("tether_body_limit.rejected.streamed_too_large"),
+            invalid_content_length: counter("tether_body_limit.invalid_content_length"),
+        }
+    }
+
+    fn increment(id: Option<u32>) {
+        if let Some(id) = id {
+            // A failed increment loses one count; not worth failing a request over.
+            let _ = hostcalls::increment_metric(id, 1);
+        }
+    }
+
+    fn rejected(&self, reason: Reason) {
+        Self::increment(match reason {
+            Reason::DeclaredTooLarge => self.rejected_declared,
+            Reason::StreamedTooLarge => self.rejected_streamed,
+        });
+    }
+}
+
+#[derive(Default)]
+struct BodyLimitRoot {
+    policy: Option<Rc<BodyLimitPolicy>>,
+    metrics: Rc<Metrics>,
+}
+
+impl Context for BodyLimitRoot {}
+
+impl RootContext for BodyLimitRoot {
+    fn on_configure(&mut self, _size: usize) -> bool {
+        let json = self.get_plugin_configuration().unwrap_or_default();
+        match BodyLimitPolicy::from_json(&json) {
+            Ok(policy) => {
+                info!("body-limit: configured: {}", policy.summary());
+                self.policy = Some(Rc::new(policy));
+                self.metrics = Rc::new(Metrics::define());
+                true
+            }
+            Err(e) => {
+                // Envoy refuses the whole config (also under --mode validate).
+                error!("body-limit: invalid configuration: {e}");
+                false
+            }
+        }
+    }
+
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        let policy = self.policy.clone()?;
+        Some(Box::new(BodyLimitRequest { policy, metrics: Rc::clone(&self.metrics), counter: None, rejected: false }))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+struct BodyLimitRequest {
+    policy: Rc<BodyLimitPolicy>,
+    metrics: Rc<Metrics>,
+    counter: Option<BodyCounter>,
+    rejected: bool,
+}
+
+impl BodyLimitRequest {
+    fn header(&self, name: &str) -> Option<Vec<u8>> {
+        self.get_http_request_header_bytes(name)
+    }
+
+    fn reject(&mut self, limit: u64, reason: Reason) -> Action {
+        let r = rejection(limit);
+        debug!("body-limit: 413 ({reason:?}), limit {limit} bytes");
+        self.metrics.rejected(reason);
+        self.rejected = true;
+        self.send_http_response(r.status, r.headers.to_vec(), Some(r.body.as_bytes()));
+        Action::Pause
+    }
+}
+
+impl Context for BodyLimitRequest {}
+
+impl HttpContext for BodyLimitRequest {
+    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        if end_of_stream {
+            return Action::Continue; // no body follows
+        }
+        let method = if self.policy.needs_method() { self.header(":method") } else { None };
+        let path = if self.policy.needs_path() { self.header(":path") } else { None };
+        let limit = self.policy.limit_for(method.as_deref().unwrap_or_default(), path.as_deref().unwrap_or_default());
+        let declared = match limit {
+            tether_core::body_limit::Limit::Unlimited => DeclaredLength::Absent,
+            tether_core::body_limit::Limit::Bytes(_) => parse_content_length(self.header("content-length").as_deref()),
+        };
+        if declared == DeclaredLength::Invalid {
+            Metrics::increment(self.metrics.invalid_content_length);
+        }
+        match check_headers(limit, declared) {
+            HeadersVerdict::Pass => Action::Continue,
+            HeadersVerdict::Reject { limit } => self.reject(limit, Reason::DeclaredTooLarge),
+            HeadersVerdict::Count(counter) => {
+                self.counter = Some(counter);
+                Action::Continue
+            }
+        }
+    }
+
+    fn on_http_request_body(&mut self, body_size: usize, _end_of_stream: bool) -> Action {
+        if self.rejected {
+            return Action::Pause;
+        }
+        let Some(counter) = self.counter.as_mut() else {
+            return Action::Continue;
+        };
+        if counter.admit(body_size) {
+            return Action::Continue;
+        }
+        // Pausing keeps this chunk out of the upstream; the local reply resets that request.
+        let limit = counter.limit();
+        self.reject(limit, Reason::StreamedTooLarge)
+    }
+}

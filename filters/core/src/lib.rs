@@ -1,0 +1,14 @@
+//! tether-core: every decision Tether's filters make, in plain Rust.
+//!
+//! Nothing here depends on proxy-wasm, so all of it is unit-tested natively, and the parts
+//! where integer width matters (sizes, durations) also run on wasm32 through wasm-bindgen-test.
+//! The filter crates are thin adapters: they read what a callback offers, call one function
+//! here and apply the answer.
+
+pub mod body_limit;
+pub mod config;
+pub mod duration;
+pub mod nodes;
+pub mod size;
+
+pub use config::{parse_config, ConfigError};

@@ -1,0 +1,291 @@
+//! test-node: a sample backend node for Tether's end-to-end tests.
+//!
+//! `test-node --name NAME [--port PORT]` listens on 127.0.0.1 (port 0 = any) and prints
+//! `listening 127.0.0.1:PORT` on stdout once it accepts connections.
+//!
+//! - `GET|HEAD /status`: 200, or 503 after `POST /__control/unhealthy` (`/__control/healthy` undoes it).
+//! - `GET /__control/requests`: JSON list of every request seen (control requests excluded):
+//!   `{path, method, body_bytes, state}` where state is `receiving`, `complete` or `aborted`, so a test
+//!   can see exactly how much of a body reached the node, even when the request was cut off.
+//! - `Upgrade: websocket`: a WebSocket echo.
+//! - Anything else: 200, header `x-node: NAME`, and the JSON echo
+//!   `{node, method, path, headers: [[name, value], ...], body_bytes}`.
+//!
+//! Bodies are read with `Content-Length` or chunked framing and counted, never stored.
+//! `Expect: 100-continue` is answered with `100 Continue` before the body is read.
+
+use base64::Engine;
+use sha1::{Digest, Sha1};
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+struct State {
+    name: String,
+    healthy: AtomicBool,
+    requests: Mutex<Vec<RequestRecord>>,
+}
+
+#[derive(Clone, serde::Serialize)]
+struct RequestRecord {
+    method: String,
+    path: String,
+    body_bytes: u64,
+    state: &'static str,
+}
+
+struct Request {
+    method: String,
+    path: String,
+    headers: Vec<(String, String)>,
+}
+
+impl Request {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+}
+
+fn main() {
+    let mut name = String::from("node");
+    let mut port: u16 = 0;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--name" => name = args.next().unwrap_or_default(),
+            "--port" => port = args.next().and_then(|p| p.parse().ok()).unwrap_or(0),
+            other => {
+                eprintln!("test-node: unknown argument {other:?}");
+                std::process::exit(2);
+            }
+        }
+    }
+    let listener = match TcpListener::bind(("127.0.0.1", port)) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("test-node: cannot listen on 127.0.0.1:{port}: {e}");
+            std::process::exit(1);
+        }
+    };
+    let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    println!("listening {addr}");
+    let _ = io::stdout().flush();
+    let state = Arc::new(State { name, healthy: AtomicBool::new(true), requests: Mutex::new(Vec::new()) });
+    for stream in listener.incoming().flatten() {
+        let state = Arc::clone(&state);
+        std::thread::spawn(move || {
+            let _ = serve_connection(stream, &state);
+        });
+    }
+}
+
+fn serve_connection(stream: TcpStream, state: &State) -> io::Result<()> {
+    let mut writer = stream.try_clone()?;
+    let mut reader = BufReader::new(stream);
+    loop {
+        let Some(req) = read_head(&mut reader)? else {
+            return Ok(());
+        };
+        if req.path.starts_with("/__control/") {
+            let keep = control(&req, state, &mut writer)?;
+            if !keep {
+                return Ok(());
+            }
+            continue;
+        }
+        if req.path == "/status" || req.path.starts_with("/status?") {
+            let (code, text) =
+                if state.healthy.load(Ordering::SeqCst) { (200, "OK") } else { (503, "Service Unavailable") };
+            let body = if req.method == "HEAD" { "" } else { text };
+            respond(&mut writer, code, text, &[("content-type", "text/plain")], body.as_bytes(), req.method == "HEAD")?;
+            continue;
+        }
+        if req.header("upgrade").is_some_and(|u| u.eq_ignore_ascii_case("websocket")) {
+            return websocket_echo(req, reader, writer);
+        }
+        let index = {
+            let mut log = lock(&state.requests);
+            log.push(RequestRecord {
+                method: req.method.clone(),
+                path: req.path.clone(),
+                body_bytes: 0,
+                state: "receiving",
+            });
+            log.len() - 1
+        };
+        if req.header("expect").is_some_and(|e| e.eq_ignore_ascii_case("100-continue")) {
+            writer.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")?;
+        }
+        let result = read_body(&mut reader, &req, |n| {
+            if let Some(r) = lock(&state.requests).get_mut(index) {
+                r.body_bytes += n as u64;
+            }
+        });
+        let body_bytes = {
+            let mut log = lock(&state.requests);
+            let Some(r) = log.get_mut(index) else { return Ok(()) };
+            r.state = if result.is_ok() { "complete" } else { "aborted" };
+            r.body_bytes
+        };
+        result?;
+        let echo = serde_json::json!({
+            "node": state.name,
+            "method": req.method,
+            "path": req.path,
+            "headers": req.headers,
+            "body_bytes": body_bytes,
+        });
+        let body = serde_json::to_vec(&echo).unwrap_or_default();
+        let node = state.name.clone();
+        respond(
+            &mut writer,
+            200,
+            "OK",
+            &[("content-type", "application/json"), ("x-node", &node)],
+            &body,
+            req.method == "HEAD",
+        )?;
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Returns whether to keep the connection.
+fn control(req: &Request, state: &State, writer: &mut TcpStream) -> io::Result<bool> {
+    let body = match (req.method.as_str(), req.path.as_str()) {
+        ("POST", "/__control/unhealthy") => {
+            state.healthy.store(false, Ordering::SeqCst);
+            b"{}".to_vec()
+        }
+        ("POST", "/__control/healthy") => {
+            state.healthy.store(true, Ordering::SeqCst);
+            b"{}".to_vec()
+        }
+        ("GET", "/__control/requests") => serde_json::to_vec(&*lock(&state.requests)).unwrap_or_default(),
+        _ => {
+            respond(writer, 404, "Not Found", &[], b"unknown control endpoint", false)?;
+            return Ok(true);
+        }
+    };
+    respond(writer, 200, "OK", &[("content-type", "application/json")], &body, false)?;
+    Ok(true)
+}
+
+fn read_head(reader: &mut BufReader<TcpStream>) -> io::Result<Option<Request>> {
+    let mut line = String::new();
+    if reader.read_line(&mut line)? == 0 {
+        return Ok(None);
+    }
+    let mut parts = line.trim_end().splitn(3, ' ');
+    let method = parts.next().unwrap_or_default().to_string();
+    let path = parts.next().unwrap_or_default().to_string();
+    let mut headers = Vec::new();
+    loop {
+        let mut h = String::new();
+        if reader.read_line(&mut h)? == 0 {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "eof in headers"));
+        }
+        let h = h.trim_end_matches(['\r', '\n']);
+        if h.is_empty() {
+            break;
+        }
+        if let Some((n, v)) = h.split_once(':') {
+            headers.push((n.trim().to_ascii_lowercase(), v.trim().to_string()));
+        }
+    }
+    Ok(Some(Request { method, path, headers }))
+}
+
+/// Reads and discards the body, reporting each piece's size as it arrives.
+fn read_body(reader: &mut BufReader<TcpStream>, req: &Request, mut seen: impl FnMut(usize)) -> io::Result<()> {
+    let chunked = req.header("transfer-encoding").is_some_and(|t| t.to_ascii_lowercase().contains("chunked"));
+    if chunked {
+        loop {
+            let mut size_line = String::new();
+            if reader.read_line(&mut size_line)? == 0 {
+                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "eof in chunk size"));
+            }
+            let hex = size_line.trim().split(';').next().unwrap_or_default();
+            let size = u64::from_str_radix(hex, 16)
+                .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "bad chunk size"))?;
+            if size == 0 {
+                // trailers until the empty line
+                loop {
+                    let mut t = String::new();
+                    if reader.read_line(&mut t)? == 0 || t.trim().is_empty() {
+                        return Ok(());
+                    }
+                }
+            }
+            discard(reader, size, &mut seen)?;
+            let mut crlf = String::new();
+            reader.read_line(&mut crlf)?;
+        }
+    }
+    let length: u64 = req.header("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
+    discard(reader, length, &mut seen)
+}
+
+fn discard(reader: &mut BufReader<TcpStream>, mut remaining: u64, seen: &mut impl FnMut(usize)) -> io::Result<()> {
+    let mut buf = [0u8; 64 * 1024];
+    while remaining > 0 {
+        let want = usize::try_from(remaining.min(buf.len() as u64)).unwrap_or(buf.len());
+        let n = reader.read(&mut buf[..want])?;
+        if n == 0 {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "eof in body"));
+        }
+        seen(n);
+        remaining -= n as u64;
+    }
+    Ok(())
+}
+
+fn respond(
+    w: &mut TcpStream,
+    code: u16,
+    reason: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+    head: bool,
+) -> io::Result<()> {
+    let mut out = format!("HTTP/1.1 {code} {reason}\r\ncontent-length: {}\r\n", body.len());
+    for (n, v) in headers {
+        out.push_str(&format!("{n}: {v}\r\n"));
+    }
+    out.push_str("\r\n");
+    let mut bytes = out.into_bytes();
+    if !head {
+        bytes.extend_from_slice(body);
+    }
+    w.write_all(&bytes)
+}
+
+fn websocket_echo(req: Request, reader: BufReader<TcpStream>, mut writer: TcpStream) -> io::Result<()> {
+    let key = req.header("sec-websocket-key").unwrap_or_default();
+    let mut sha = Sha1::new();
+    sha.update(key.as_bytes());
+    sha.update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
+    let accept = base64::engine::general_purpose::STANDARD.encode(sha.finalize());
+    write!(
+        writer,
+        "HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\nsec-websocket-accept: {accept}\r\n\r\n"
+    )?;
+    let leftover = reader.buffer().to_vec();
+    let stream = reader.into_inner();
+    let mut ws =
+        tungstenite::WebSocket::from_partially_read(stream, leftover, tungstenite::protocol::Role::Server, None);
+    loop {
+        match ws.read() {
+            Ok(msg) if msg.is_text() || msg.is_binary() => {
+                if ws.send(msg).is_err() {
+                    return Ok(());
+                }
+            }
+            Ok(_) => {}
+            Err(_) => return Ok(()),
+        }
+    }
+}

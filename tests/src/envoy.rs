@@ -1,0 +1,255 @@
+//! A real Envoy process: config generation, start, readiness, stats, log on failure.
+
+use crate::http::admin_get;
+use crate::node::TestNode;
+use crate::{repo_root, wait_for, ScratchDir};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+/// The Envoy binary: `$ENVOY_BIN`, else the project virtualenv that `scripts/setup` makes.
+pub fn envoy_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("ENVOY_BIN") {
+        return PathBuf::from(p);
+    }
+    let venv = repo_root().join(".venv/bin/envoy");
+    assert!(venv.exists(), "Envoy not found at {} and ENVOY_BIN is not set: run scripts/setup", venv.display());
+    venv
+}
+
+/// The release `.wasm` of a filter crate (`body-limit` → `tether_body_limit.wasm`).
+pub fn wasm_path(filter: &str) -> PathBuf {
+    let file = format!("tether_{}.wasm", filter.replace('-', "_"));
+    let path = repo_root().join("target/wasm32-unknown-unknown/release").join(file);
+    assert!(path.exists(), "{} is missing: run scripts/build first", path.display());
+    path
+}
+
+/// One Tether filter in the HTTP filter chain, configured with raw JSON text.
+pub struct WasmFilter {
+    pub filter: String,
+    pub config_json: String,
+}
+
+impl WasmFilter {
+    pub fn new(filter: &str, config_json: &str) -> WasmFilter {
+        WasmFilter { filter: filter.to_string(), config_json: config_json.to_string() }
+    }
+
+    /// The `http_filters` entry. The configuration goes in as a `StringValue` so that any text,
+    /// including malformed JSON for bad-config tests, reaches the filter exactly as written.
+    fn yaml(&self) -> String {
+        let id = format!("tether.{}", self.filter.replace('-', "_"));
+        let quoted = serde_json::to_string(&self.config_json).unwrap_or_default();
+        format!(
+            r#"
+          - name: {id}
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
+              config:
+                name: {id}
+                root_id: {id}
+                fail_open: false
+                vm_config:
+                  vm_id: {id}
+                  runtime: envoy.wasm.runtime.v8
+                  code: {{ local: {{ filename: {path:?} }} }}
+                configuration:
+                  "@type": type.googleapis.com/google.protobuf.StringValue
+                  value: {quoted}"#,
+            path = wasm_path(&self.filter).display().to_string(),
+        )
+    }
+}
+
+/// A single-listener Envoy config in front of one cluster, `nodes`, of test nodes.
+pub struct EnvoyConfig {
+    pub filters: Vec<WasmFilter>,
+    pub endpoints: Vec<SocketAddr>,
+    /// HCM `proxy_100_continue`: the setting Tether documents (see body-limit README).
+    pub proxy_100_continue: bool,
+}
+
+impl EnvoyConfig {
+    pub fn new(filters: Vec<WasmFilter>, nodes: &[&TestNode]) -> EnvoyConfig {
+        EnvoyConfig { filters, endpoints: nodes.iter().map(|n| n.addr).collect(), proxy_100_continue: true }
+    }
+
+    pub fn yaml(&self) -> String {
+        let filters: String = self.filters.iter().map(WasmFilter::yaml).collect();
+        let endpoints: String = self
+            .endpoints
+            .iter()
+            .map(|a| {
+                format!(
+                    "\n        - endpoint: {{ address: {{ socket_address: {{ address: \"{}\", port_value: {} }} }} }}",
+                    a.ip(),
+                    a.port()
+                )
+            })
+            .collect();
+        format!(
+            r#"
+admin:
+  address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
+static_resources:
+  listeners:
+  - name: main
+    address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: ingress
+          codec_type: AUTO
+          normalize_path: true
+          merge_slashes: true
+          proxy_100_continue: {p100}
+          upgrade_configs: [{{ upgrade_type: websocket }}]
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+              - match: {{ prefix: "/" }}
+                route: {{ cluster: nodes, timeout: 30s }}
+          http_filters:{filters}
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+  clusters:
+  - name: nodes
+    type: STATIC
+    connect_timeout: 2s
+    lb_policy: LEAST_REQUEST
+    load_assignment:
+      cluster_name: nodes
+      endpoints:
+      - lb_endpoints:{endpoints}
+"#,
+            p100 = self.proxy_100_continue,
+        )
+    }
+}
+
+/// A running Envoy. Killed on drop; its log is printed if the test is failing.
+pub struct Envoy {
+    child: Child,
+    pub admin: SocketAddr,
+    pub listener: SocketAddr,
+    log_path: PathBuf,
+    _dir: ScratchDir,
+}
+
+impl Envoy {
+    pub fn start(config: &EnvoyConfig) -> Envoy {
+        Envoy::start_yaml(&config.yaml())
+    }
+
+    pub fn start_yaml(yaml: &str) -> Envoy {
+        let dir = ScratchDir::new("envoy");
+        let config_path = dir.join("envoy.yaml");
+        let admin_path = dir.join("admin-address");
+        let log_path = dir.join("envoy.log");
+        std::fs::write(&config_path, yaml).unwrap_or_else(|e| panic!("write config: {e}"));
+        let mut cmd = Command::new(envoy_bin());
+        cmd.arg("-c")
+            .arg(&config_path)
+            .arg("--admin-address-path")
+            .arg(&admin_path)
+            .arg("--log-path")
+            .arg(&log_path)
+            .args(["--use-dynamic-base-id", "--concurrency", "1", "-l", "info", "--component-log-level", "wasm:debug"])
+            // Flush the log often so tests can poll it.
+            .args(["--file-flush-interval-msec", "20"])
+            .current_dir(repo_root())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        crate::die_with_parent(&mut cmd);
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start Envoy: {e}"));
+        // From here on, a panic drops `envoy`: the process is killed and its log printed.
+        let mut envoy = Envoy { child, admin: unknown_address(), listener: unknown_address(), log_path, _dir: dir };
+        envoy.admin = wait_for("Envoy to write its admin address", Duration::from_secs(30), || {
+            if let Ok(Some(status)) = envoy.child.try_wait() {
+                panic!("Envoy exited with {status} during start-up");
+            }
+            std::fs::read_to_string(&admin_path).ok()?.trim().parse().ok()
+        });
+        wait_for("Envoy /ready", Duration::from_secs(30), || match admin_get(envoy.admin, "/ready") {
+            Ok((200, _)) => Some(()),
+            _ => None,
+        });
+        envoy.listener = listener_address(envoy.admin);
+        envoy
+    }
+
+    /// `http://127.0.0.1:PORT` + `path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.listener)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// Waits until the log contains `text` (the log is flushed every 20 ms).
+    pub fn wait_for_log(&self, text: &str) {
+        wait_for(&format!("Envoy to log {text:?}"), Duration::from_secs(10), || {
+            self.log().contains(text).then_some(())
+        });
+    }
+
+    /// A counter or gauge from `/stats`, 0 when absent.
+    pub fn stat(&self, name: &str) -> u64 {
+        let (_, body) =
+            admin_get(self.admin, &format!("/stats?filter=^{name}$")).unwrap_or_else(|e| panic!("stats: {e}"));
+        body.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(": ")))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Lines Envoy logged at error or critical level (a healthy run logs none).
+    pub fn error_lines(&self) -> Vec<String> {
+        self.log().lines().filter(|l| l.contains("[error]") || l.contains("[critical]")).map(String::from).collect()
+    }
+}
+
+fn unknown_address() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 0))
+}
+
+fn listener_address(admin: SocketAddr) -> SocketAddr {
+    let (_, body) = admin_get(admin, "/listeners?format=json").unwrap_or_else(|e| panic!("listeners: {e}"));
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("listeners JSON: {e}: {body}"));
+    let sock = &v["listener_statuses"][0]["local_address"]["socket_address"];
+    let ip = sock["address"].as_str().unwrap_or("127.0.0.1");
+    let port = sock["port_value"].as_u64().unwrap_or(0);
+    format!("{ip}:{port}").parse().unwrap_or_else(|e| panic!("listener address in {body}: {e}"))
+}
+
+impl Drop for Envoy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!(
+                "----- Envoy log ({}) -----\n{}\n----- end of Envoy log -----",
+                self.log_path.display(),
+                self.log()
+            );
+        }
+    }
+}
+
+/// `envoy --mode validate` on a config file, run from the repository root.
+pub fn validate(config: &Path) -> Output {
+    Command::new(envoy_bin())
+        .args(["--mode", "validate", "-l", "info", "--component-log-level", "wasm:debug", "-c"])
+        .arg(config)
+        .current_dir(repo_root())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run Envoy: {e}"))
+}

@@ -1,0 +1,78 @@
+//! Sample backend nodes: the `test-node` binary, one process per node.
+
+use crate::http::raw_request;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+
+pub struct TestNode {
+    pub name: String,
+    pub addr: SocketAddr,
+    child: Child,
+}
+
+/// One request as the node saw it.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct SeenRequest {
+    pub method: String,
+    pub path: String,
+    pub body_bytes: u64,
+    /// `receiving`, `complete` or `aborted`.
+    pub state: String,
+}
+
+impl TestNode {
+    /// Starts `test-node --name <name>` on a port the OS picks.
+    pub fn start(name: &str) -> TestNode {
+        let mut cmd = Command::new(node_bin());
+        cmd.args(["--name", name]).stdout(Stdio::piped()).stderr(Stdio::inherit());
+        crate::die_with_parent(&mut cmd);
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start test-node: {e}"));
+        let mut line = String::new();
+        if let Some(out) = child.stdout.take() {
+            let _ = BufReader::new(out).read_line(&mut line);
+        }
+        let addr = line.trim().strip_prefix("listening ").and_then(|a| a.parse().ok()).unwrap_or_else(|| {
+            let _ = child.kill();
+            panic!("test-node {name} did not report its address; said {line:?}")
+        });
+        TestNode { name: name.to_string(), addr, child }
+    }
+
+    /// Every non-control request the node has seen, in arrival order.
+    pub fn requests(&self) -> Vec<SeenRequest> {
+        let (status, body) =
+            raw_request(self.addr, "GET", "/__control/requests").unwrap_or_else(|e| panic!("node {}: {e}", self.name));
+        assert_eq!(status, 200, "node {} control: {body}", self.name);
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("node {} control JSON: {e}: {body}", self.name))
+    }
+
+    pub fn requests_for(&self, path: &str) -> Vec<SeenRequest> {
+        self.requests().into_iter().filter(|r| r.path == path).collect()
+    }
+
+    /// Makes `/status` answer 503 (`false`) or 200 (`true`).
+    pub fn set_healthy(&self, healthy: bool) {
+        let path = if healthy { "/__control/healthy" } else { "/__control/unhealthy" };
+        let (status, body) = raw_request(self.addr, "POST", path).unwrap_or_else(|e| panic!("node {}: {e}", self.name));
+        assert_eq!(status, 200, "{body}");
+    }
+}
+
+/// `target/<profile>/test-node`, built by cargo beside the integration tests
+/// (which live in `target/<profile>/deps/`).
+fn node_bin() -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap_or_else(|e| panic!("current_exe: {e}"));
+    let profile_dir =
+        exe.parent().and_then(|deps| deps.parent()).unwrap_or_else(|| panic!("odd test path {}", exe.display()));
+    let bin = profile_dir.join("test-node");
+    assert!(bin.exists(), "{} is missing: run the tests with cargo test -p tether-e2e", bin.display());
+    bin
+}
+
+impl Drop for TestNode {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
