@@ -30,18 +30,30 @@ pub fn wasm_path(filter: &str) -> PathBuf {
 pub struct WasmFilter {
     pub filter: String,
     pub config_json: String,
+    /// Pass the configuration as a `google.protobuf.Struct` (YAML-native) instead of JSON text.
+    pub as_struct: bool,
 }
 
 impl WasmFilter {
+    /// Configuration as a `StringValue`, so that any text, including malformed JSON for
+    /// bad-config tests, reaches the filter exactly as written.
     pub fn new(filter: &str, config_json: &str) -> WasmFilter {
-        WasmFilter { filter: filter.to_string(), config_json: config_json.to_string() }
+        WasmFilter { filter: filter.to_string(), config_json: config_json.to_string(), as_struct: false }
     }
 
-    /// The `http_filters` entry. The configuration goes in as a `StringValue` so that any text,
-    /// including malformed JSON for bad-config tests, reaches the filter exactly as written.
+    /// Configuration as a `google.protobuf.Struct` (JSON is valid YAML flow syntax).
+    pub fn new_struct(filter: &str, config_json: &str) -> WasmFilter {
+        WasmFilter { as_struct: true, ..WasmFilter::new(filter, config_json) }
+    }
+
+    /// The `http_filters` entry.
     fn yaml(&self) -> String {
         let id = format!("tether.{}", self.filter.replace('-', "_"));
-        let quoted = serde_json::to_string(&self.config_json).unwrap_or_default();
+        let (type_url, value) = if self.as_struct {
+            ("google.protobuf.Struct", self.config_json.split_whitespace().collect::<Vec<_>>().join(" "))
+        } else {
+            ("google.protobuf.StringValue", serde_json::to_string(&self.config_json).unwrap_or_default())
+        };
         format!(
             r#"
           - name: {id}
@@ -56,8 +68,8 @@ impl WasmFilter {
                   runtime: envoy.wasm.runtime.v8
                   code: {{ local: {{ filename: {path:?} }} }}
                 configuration:
-                  "@type": type.googleapis.com/google.protobuf.StringValue
-                  value: {quoted}"#,
+                  "@type": type.googleapis.com/{type_url}
+                  value: {value}"#,
             path = wasm_path(&self.filter).display().to_string(),
         )
     }
@@ -192,6 +204,18 @@ impl Envoy {
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// CPU time Envoy has used so far (user + system, all threads), from /proc.
+    pub fn cpu_time(&self) -> Duration {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
+        // Fields after the ")" that closes the command name; utime and stime are 14 and 15.
+        let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ticks: u64 = [11, 12].iter().filter_map(|&i| fields.get(i)?.parse::<u64>().ok()).sum();
+        // SAFETY: sysconf has no preconditions.
+        let per_sec = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).unwrap_or(100).max(1);
+        Duration::from_micros(ticks * 1_000_000 / per_sec)
     }
 
     /// Waits until the log contains `text` (the log is flushed every 20 ms).

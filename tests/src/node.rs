@@ -59,15 +59,14 @@ impl TestNode {
     }
 }
 
-/// `target/<profile>/test-node`, built by cargo beside the integration tests
-/// (which live in `target/<profile>/deps/`).
+/// `target/<profile>/test-node`, built by cargo beside the integration tests (which live in
+/// `target/<profile>/deps/`) and beside the other binaries of this crate.
 fn node_bin() -> std::path::PathBuf {
     let exe = std::env::current_exe().unwrap_or_else(|e| panic!("current_exe: {e}"));
-    let profile_dir =
-        exe.parent().and_then(|deps| deps.parent()).unwrap_or_else(|| panic!("odd test path {}", exe.display()));
-    let bin = profile_dir.join("test-node");
-    assert!(bin.exists(), "{} is missing: run the tests with cargo test -p tether-e2e", bin.display());
-    bin
+    let candidates: Vec<_> = exe.ancestors().skip(1).take(2).map(|dir| dir.join("test-node")).collect();
+    candidates.iter().find(|bin| bin.exists()).cloned().unwrap_or_else(|| {
+        panic!("test-node is missing (looked at {candidates:?}): build it with cargo build -p tether-e2e")
+    })
 }
 
 impl Drop for TestNode {

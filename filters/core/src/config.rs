@@ -39,24 +39,40 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-/// Parses a filter's JSON configuration. Envoy hands an absent `configuration` over as zero
-/// bytes; that means "all defaults", the same as `{}`.
-pub fn parse_config<T: DeserializeOwned>(json: &[u8]) -> Result<T, ConfigError> {
-    let json: &[u8] = match json.iter().find(|b| !b.is_ascii_whitespace()) {
+/// Parses a filter's configuration: JSON text (`google.protobuf.StringValue` in Envoy) or the
+/// wire bytes of a `google.protobuf.Struct` (what Envoy 1.40 passes for a YAML-native config).
+/// Envoy hands an absent `configuration` over as zero bytes; that means "all defaults", the
+/// same as `{}`.
+pub fn parse_config<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ConfigError> {
+    // A serialized Struct starts with field 1's tag, 0x0a, which is also a JSON newline: try
+    // Struct first and fall back to JSON text, so neither reading can shadow the other.
+    if bytes.first() == Some(&0x0a) {
+        if let Ok(value) = crate::protobuf_struct::decode_struct(bytes) {
+            return serde_path_to_error::deserialize(value).map_err(path_error);
+        }
+    }
+    let json: &[u8] = match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
         None => b"{}",
-        Some(b'{') => json,
+        Some(b'{') => bytes,
         // serde would read a struct from an array; a filter config is always an object.
-        Some(_) => return Err(ConfigError::at("", "the configuration must be a JSON object")),
+        Some(_) => {
+            return Err(ConfigError::at(
+                "",
+                "the configuration must be a JSON object (google.protobuf.StringValue) or a google.protobuf.Struct",
+            ))
+        }
     };
     let mut de = serde_json::Deserializer::from_slice(json);
-    let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
-        let path = e.path().to_string();
-        // serde_path_to_error writes "." for the root.
-        let path = if path == "." { String::new() } else { path };
-        ConfigError::at(path, e.into_inner().to_string())
-    })?;
+    let value: T = serde_path_to_error::deserialize(&mut de).map_err(path_error)?;
     de.end().map_err(|e| ConfigError::at("", e.to_string()))?;
     Ok(value)
+}
+
+fn path_error<E: std::fmt::Display>(e: serde_path_to_error::Error<E>) -> ConfigError {
+    let path = e.path().to_string();
+    // serde_path_to_error writes "." for the root and "?" where a syntax error left no path.
+    let path = if path == "." || path == "?" { String::new() } else { path };
+    ConfigError::at(path, e.into_inner().to_string())
 }
 
 #[cfg(test)]
@@ -98,6 +114,36 @@ mod tests {
     fn empty_configuration_means_defaults() {
         assert!(parse_config::<Outer>(b"").is_ok());
         assert!(parse_config::<Outer>(b"  \n").is_ok());
+    }
+
+    #[test]
+    fn a_protobuf_struct_is_read_like_json_with_paths() {
+        // {"items": [{"n": 300}]} as google.protobuf.Struct wire bytes.
+        let n300 = [0x11, 0, 0, 0, 0, 0, 0xc0, 0x72, 0x40]; // Value{number_value: 300.0}
+        let mut entry = vec![0x0a, 1, b'n', 0x12, n300.len() as u8];
+        entry.extend_from_slice(&n300);
+        let mut inner = vec![0x0a, entry.len() as u8];
+        inner.extend_from_slice(&entry); // Struct{n: 300}
+        let mut value = vec![0x2a, inner.len() as u8];
+        value.extend_from_slice(&inner); // Value{struct_value}
+        let mut list = vec![0x0a, value.len() as u8];
+        list.extend_from_slice(&value); // ListValue
+        let mut list_value = vec![0x32, list.len() as u8];
+        list_value.extend_from_slice(&list); // Value{list_value}
+        let mut items = vec![0x0a, 5];
+        items.extend_from_slice(b"items");
+        items.extend_from_slice(&[0x12, list_value.len() as u8]);
+        items.extend_from_slice(&list_value);
+        let mut doc = vec![0x0a, items.len() as u8];
+        doc.extend_from_slice(&items);
+        let err = parse_config::<Outer>(&doc).unwrap_err();
+        assert_eq!(err.path(), "items[0].n", "{err}");
+        assert!(err.message().contains("300"), "{err}");
+    }
+
+    #[test]
+    fn json_starting_with_a_newline_is_still_json() {
+        assert!(parse_config::<Outer>(b"\n{\"items\": [{\"n\": 1}]}\n").is_ok());
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub mod body_limit;
 pub mod config;
 pub mod duration;
 pub mod nodes;
+mod protobuf_struct;
 pub mod size;
 
 pub use config::{parse_config, ConfigError};
