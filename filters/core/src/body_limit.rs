@@ -7,6 +7,7 @@
 //!    that lies); the chunk that would cross the limit is refused and never forwarded.
 
 use crate::config::{parse_config, ConfigError};
+use crate::request_match::{check_reachable, path_without_query, RequestMatch};
 use crate::size::ByteSize;
 use serde::de::{self, Deserializer};
 use serde::Deserialize;
@@ -69,37 +70,15 @@ fn default_limit() -> Limit {
 #[serde(deny_unknown_fields)]
 struct RuleConfig {
     path_prefix: Option<String>,
+    path_exact: Option<String>,
     methods: Option<Vec<String>>,
     limit: Limit,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Rule {
-    /// `None` matches every path.
-    path_prefix: Option<Vec<u8>>,
-    /// Empty matches every method.
-    methods: Vec<Vec<u8>>,
+    matcher: RequestMatch,
     limit: Limit,
-}
-
-impl Rule {
-    fn matches(&self, method: &[u8], path: &[u8]) -> bool {
-        let path_ok = self.path_prefix.as_deref().is_none_or(|p| path.starts_with(p));
-        let method_ok = self.methods.is_empty() || self.methods.iter().any(|m| m == method);
-        path_ok && method_ok
-    }
-
-    /// True when every request this rule matches is already matched by `earlier`.
-    fn is_shadowed_by(&self, earlier: &Rule) -> bool {
-        let path_covered = match (&earlier.path_prefix, &self.path_prefix) {
-            (None, _) => true,
-            (Some(_), None) => false,
-            (Some(e), Some(s)) => s.starts_with(e),
-        };
-        let methods_covered = earlier.methods.is_empty()
-            || (!self.methods.is_empty() && self.methods.iter().all(|m| earlier.methods.contains(m)));
-        path_covered && methods_covered
-    }
 }
 
 /// The compiled body-limit configuration, shared by every request.
@@ -112,66 +91,25 @@ pub struct BodyLimitPolicy {
 }
 
 impl BodyLimitPolicy {
-    /// Parses and validates the filter's JSON configuration.
+    /// Parses and validates the filter's configuration.
     pub fn from_json(json: &[u8]) -> Result<Self, ConfigError> {
         let config: BodyLimitConfig = parse_config(json)?;
         let mut rules: Vec<Rule> = Vec::with_capacity(config.rules.len());
         for (i, rc) in config.rules.into_iter().enumerate() {
-            let at = |field: &str| format!("rules[{i}]{field}");
-            if let Some(p) = &rc.path_prefix {
-                if !p.starts_with('/') {
-                    return Err(ConfigError::at(at(".path_prefix"), format!("{p:?} must start with \"/\"")));
-                }
-                if p.contains(['?', '#']) || p.chars().any(|c| c.is_ascii_control() || c == ' ') {
-                    return Err(ConfigError::at(
-                        at(".path_prefix"),
-                        format!("{p:?} must be a plain path: no query, fragment, spaces or control characters"),
-                    ));
-                }
-            }
-            let mut methods: Vec<Vec<u8>> = Vec::new();
-            if let Some(list) = &rc.methods {
-                if list.is_empty() {
-                    return Err(ConfigError::at(
-                        at(".methods"),
-                        "must not be empty; leave it out to match every method",
-                    ));
-                }
-                for (j, m) in list.iter().enumerate() {
-                    if m.is_empty() || !m.bytes().all(|b| b.is_ascii_uppercase()) {
-                        return Err(ConfigError::at(
-                            format!("rules[{i}].methods[{j}]"),
-                            format!("{m:?} is not a method: methods are case-sensitive, write e.g. \"POST\""),
-                        ));
-                    }
-                    if methods.iter().any(|x| x == m.as_bytes()) {
-                        return Err(ConfigError::at(
-                            format!("rules[{i}].methods[{j}]"),
-                            format!("{m:?} is listed twice"),
-                        ));
-                    }
-                    methods.push(m.as_bytes().to_vec());
-                }
-            }
-            if rc.path_prefix.is_none() && methods.is_empty() {
-                return Err(ConfigError::at(
-                    at(""),
-                    "a rule needs path_prefix, methods or both; to change the limit for every request use default_limit",
-                ));
-            }
-            let rule = Rule { path_prefix: rc.path_prefix.map(String::into_bytes), methods, limit: rc.limit };
-            if let Some(j) = rules.iter().position(|earlier| rule.is_shadowed_by(earlier)) {
-                return Err(ConfigError::at(
-                    at(""),
-                    format!("can never match: every request it matches is matched first by rules[{j}]"),
-                ));
-            }
-            rules.push(rule);
+            let matcher = RequestMatch::from_config(
+                rc.path_prefix.as_deref(),
+                rc.path_exact.as_deref(),
+                rc.methods.as_deref(),
+                &format!("rules[{i}]"),
+                true,
+            )?;
+            rules.push(Rule { matcher, limit: rc.limit });
         }
+        check_reachable(rules.iter().map(|r| &r.matcher), |i| format!("rules[{i}]"))?;
         Ok(BodyLimitPolicy {
             default_limit: config.default_limit,
-            needs_path: rules.iter().any(|r| r.path_prefix.is_some()),
-            needs_method: rules.iter().any(|r| !r.methods.is_empty()),
+            needs_path: rules.iter().any(|r| r.matcher.looks_at_path()),
+            needs_method: rules.iter().any(|r| r.matcher.looks_at_method()),
             rules,
         })
     }
@@ -195,8 +133,8 @@ impl BodyLimitPolicy {
     /// `:path`; its query string is ignored. Matching is on bytes, so a path that is not UTF-8
     /// is still matched (Envoy's `normalize_path` should run first; see the README).
     pub fn limit_for(&self, method: &[u8], path: &[u8]) -> Limit {
-        let path = path.split(|&b| b == b'?').next().unwrap_or(path);
-        self.rules.iter().find(|r| r.matches(method, path)).map_or(self.default_limit, |r| r.limit)
+        let path = path_without_query(path);
+        self.rules.iter().find(|r| r.matcher.matches(method, path)).map_or(self.default_limit, |r| r.limit)
     }
 }
 
@@ -325,7 +263,8 @@ mod tests {
                 {"path_prefix": "/upload/", "limit": "1K"},
                 {"path_prefix": "/stream/", "limit": 0},
                 {"methods": ["PATCH"], "limit": "none"},
-                {"path_prefix": "/small", "limit": 10}
+                {"path_prefix": "/small", "limit": 10},
+                {"path_exact": "/exact", "limit": 20}
               ]
             }"#,
         );
@@ -340,6 +279,8 @@ mod tests {
             ("POST", "/x?/small", Limit::Bytes(50 << 20)),
             ("post", "/upload/x", Limit::Bytes(1024)),
             ("POST", "", Limit::Bytes(50 << 20)),
+            ("POST", "/exact?x", Limit::Bytes(20)),
+            ("POST", "/exact/", Limit::Bytes(50 << 20)),
         ];
         for &(method, path, want) in cases {
             assert_eq!(p.limit_for(method.as_bytes(), path.as_bytes()), want, "{method} {path}");
@@ -376,7 +317,7 @@ mod tests {
                 r#"{"rules": [{"path_prefix": "/a?b", "limit": 1}]}"#,
                 "rules[0].path_prefix: \"/a?b\" must be a plain path",
             ),
-            (r#"{"rules": [{"limit": 1}]}"#, "rules[0]: a rule needs path_prefix, methods or both"),
+            (r#"{"rules": [{"limit": 1}]}"#, "rules[0]: a rule needs path_prefix, path_exact or methods"),
             (r#"{"rules": [{"methods": [], "limit": 1}]}"#, "rules[0].methods: must not be empty"),
             (r#"{"rules": [{"methods": ["post"], "limit": 1}]}"#, "rules[0].methods[0]: \"post\" is not a method"),
             (

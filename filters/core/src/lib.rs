@@ -10,6 +10,7 @@ pub mod config;
 pub mod duration;
 pub mod nodes;
 mod protobuf_struct;
+pub mod request_match;
 pub mod size;
 
 pub use config::{parse_config, ConfigError};
