@@ -178,7 +178,8 @@ mod tests {
 
     #[test]
     fn config_errors_name_the_field() {
-        let cases: &[(Option<&str>, Option<&str>, Option<&[String]>, &str)] = &[
+        type Case<'a> = (Option<&'a str>, Option<&'a str>, Option<&'a [String]>, &'a str);
+        let cases: &[Case] = &[
             (Some("/a"), Some("/a"), None, "r: give path_prefix or path_exact, not both"),
             (Some("a"), None, None, "r.path_prefix: \"a\" must start with \"/\""),
             (None, Some("/a b"), None, "r.path_exact: \"/a b\" must be a plain path"),
