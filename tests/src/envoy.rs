@@ -32,13 +32,25 @@ pub struct WasmFilter {
     pub config_json: String,
     /// Pass the configuration as a `google.protobuf.Struct` (YAML-native) instead of JSON text.
     pub as_struct: bool,
+    /// Distinguishes two instances of one filter in a chain (own name and VM).
+    pub instance: Option<String>,
 }
 
 impl WasmFilter {
     /// Configuration as a `StringValue`, so that any text, including malformed JSON for
     /// bad-config tests, reaches the filter exactly as written.
     pub fn new(filter: &str, config_json: &str) -> WasmFilter {
-        WasmFilter { filter: filter.to_string(), config_json: config_json.to_string(), as_struct: false }
+        WasmFilter {
+            filter: filter.to_string(),
+            config_json: config_json.to_string(),
+            as_struct: false,
+            instance: None,
+        }
+    }
+
+    /// A second (third ...) instance of a filter in the chain, in its own VM.
+    pub fn instance(filter: &str, instance: &str, config_json: &str) -> WasmFilter {
+        WasmFilter { instance: Some(instance.to_string()), ..WasmFilter::new(filter, config_json) }
     }
 
     /// Configuration as a `google.protobuf.Struct` (JSON is valid YAML flow syntax).
@@ -48,7 +60,10 @@ impl WasmFilter {
 
     /// The `http_filters` entry.
     fn yaml(&self) -> String {
-        let id = format!("tether.{}", self.filter.replace('-', "_"));
+        let mut id = format!("tether.{}", self.filter.replace('-', "_"));
+        if let Some(instance) = &self.instance {
+            id = format!("{id}.{instance}");
+        }
         let (type_url, value) = if self.as_struct {
             ("google.protobuf.Struct", self.config_json.split_whitespace().collect::<Vec<_>>().join(" "))
         } else {
@@ -81,15 +96,101 @@ pub struct EnvoyConfig {
     pub endpoints: Vec<SocketAddr>,
     /// HCM `proxy_100_continue`: the setting Tether documents (see body-limit README).
     pub proxy_100_continue: bool,
+    /// The routing contract: Envoy's `stateful_session` filter (header mode) on this header,
+    /// after the wasm filters and before the router.
+    pub session_header: Option<String>,
+    /// Path prefixes that get their own route with `stateful_session` `strict: true`: a
+    /// request pinned to an unavailable node gets a 503 instead of another node.
+    pub strict_prefixes: Vec<String>,
+    /// Active HTTP health checks on `/status` every 100 ms (one failure marks a node down).
+    pub health_checks: bool,
 }
 
 impl EnvoyConfig {
     pub fn new(filters: Vec<WasmFilter>, nodes: &[&TestNode]) -> EnvoyConfig {
-        EnvoyConfig { filters, endpoints: nodes.iter().map(|n| n.addr).collect(), proxy_100_continue: true }
+        EnvoyConfig {
+            filters,
+            endpoints: nodes.iter().map(|n| n.addr).collect(),
+            proxy_100_continue: true,
+            session_header: None,
+            strict_prefixes: Vec::new(),
+            health_checks: false,
+        }
+    }
+
+    /// Adds Envoy's side of the routing contract on `header`, with health checks.
+    pub fn with_routing(mut self, header: &str) -> EnvoyConfig {
+        self.session_header = Some(header.to_string());
+        self.health_checks = true;
+        self
+    }
+
+    fn session_state(header: &str, strict: bool) -> String {
+        format!(
+            r#"
+                session_state:
+                  name: envoy.http.stateful_session.header
+                  typed_config:
+                    "@type": type.googleapis.com/envoy.extensions.http.stateful_session.header.v3.HeaderBasedSessionState
+                    name: {header}
+                strict: {strict}"#
+        )
+    }
+
+    fn route(&self, prefix: &str, strict: bool) -> String {
+        let per_filter = match (&self.session_header, strict) {
+            (Some(header), true) => format!(
+                r#"
+                typed_per_filter_config:
+                  envoy.filters.http.stateful_session:
+                    "@type": type.googleapis.com/envoy.extensions.filters.http.stateful_session.v3.StatefulSessionPerRoute
+                    stateful_session:{}"#,
+                EnvoyConfig::session_state(header, true).replace("\n                ", "\n                      ")
+            ),
+            _ => String::new(),
+        };
+        format!(
+            r#"
+              - match: {{ prefix: "{prefix}" }}
+                route:
+                  cluster: nodes
+                  timeout: 30s
+                  retry_policy:
+                    retry_on: connect-failure,reset
+                    num_retries: 3
+                    retry_host_predicate:
+                    - name: envoy.retry_host_predicates.previous_hosts
+                      typed_config:
+                        "@type": type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate
+                    host_selection_retry_max_attempts: 3{per_filter}"#
+        )
     }
 
     pub fn yaml(&self) -> String {
-        let filters: String = self.filters.iter().map(WasmFilter::yaml).collect();
+        let mut filters: String = self.filters.iter().map(WasmFilter::yaml).collect();
+        if let Some(header) = &self.session_header {
+            filters.push_str(&format!(
+                r#"
+          - name: envoy.filters.http.stateful_session
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.stateful_session.v3.StatefulSession{}"#,
+                EnvoyConfig::session_state(header, false).replace("\n                ", "\n              ")
+            ));
+        }
+        let mut routes: String = self.strict_prefixes.iter().map(|p| self.route(p, true)).collect();
+        routes.push_str(&self.route("/", false));
+        let health_checks = if self.health_checks {
+            r#"
+    health_checks:
+    - timeout: 1s
+      interval: 0.1s
+      no_traffic_interval: 0.1s
+      unhealthy_threshold: 1
+      healthy_threshold: 1
+      http_health_check: { path: /status }"#
+        } else {
+            ""
+        };
         let endpoints: String = self
             .endpoints
             .iter()
@@ -124,9 +225,7 @@ static_resources:
             virtual_hosts:
             - name: all
               domains: ["*"]
-              routes:
-              - match: {{ prefix: "/" }}
-                route: {{ cluster: nodes, timeout: 30s }}
+              routes:{routes}
           http_filters:{filters}
           - name: envoy.filters.http.router
             typed_config:
@@ -135,7 +234,7 @@ static_resources:
   - name: nodes
     type: STATIC
     connect_timeout: 2s
-    lb_policy: LEAST_REQUEST
+    lb_policy: LEAST_REQUEST{health_checks}
     load_assignment:
       cluster_name: nodes
       endpoints:
@@ -222,6 +321,22 @@ impl Envoy {
     pub fn wait_for_log(&self, text: &str) {
         wait_for(&format!("Envoy to log {text:?}"), Duration::from_secs(10), || {
             self.log().contains(text).then_some(())
+        });
+    }
+
+    /// Waits until Envoy's health checking sees `node` as healthy (`true`) or not.
+    pub fn wait_for_health(&self, node: &TestNode, healthy: bool) {
+        let what =
+            format!("Envoy to see {} ({}) as {}", node.name, node.addr, if healthy { "healthy" } else { "unhealthy" });
+        wait_for(&what, Duration::from_secs(10), || {
+            let (_, body) = admin_get(self.admin, "/clusters").ok()?;
+            let flags = body
+                .lines()
+                .find(|l| l.starts_with(&format!("nodes::{}::health_flags::", node.addr)))?
+                .rsplit("::")
+                .next()?
+                .to_string();
+            (flags == "healthy" && healthy || flags != "healthy" && !healthy).then_some(())
         });
     }
 

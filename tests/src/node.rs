@@ -24,8 +24,17 @@ pub struct SeenRequest {
 impl TestNode {
     /// Starts `test-node --name <name>` on a port the OS picks.
     pub fn start(name: &str) -> TestNode {
+        TestNode::start_with_args(name, &[])
+    }
+
+    /// A node that also serves the git repositories under `root` at `/git/`.
+    pub fn start_with_git(name: &str, root: &std::path::Path) -> TestNode {
+        TestNode::start_with_args(name, &["--git-root", &root.display().to_string()])
+    }
+
+    fn start_with_args(name: &str, extra: &[&str]) -> TestNode {
         let mut cmd = Command::new(node_bin());
-        cmd.args(["--name", name]).stdout(Stdio::piped()).stderr(Stdio::inherit());
+        cmd.args(["--name", name]).args(extra).stdout(Stdio::piped()).stderr(Stdio::inherit());
         crate::die_with_parent(&mut cmd);
         let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start test-node: {e}"));
         let mut line = String::new();

@@ -5,57 +5,42 @@
 //! and `:path` only when a rule needs them, plus `content-length`; none per body chunk
 //! unless the chunk is refused.
 
-use log::{debug, error, info, warn};
-use proxy_wasm::hostcalls;
+use log::{debug, error, info};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, LogLevel, MetricType};
+use proxy_wasm::types::{Action, ContextType, LogLevel};
 use std::rc::Rc;
 use tether_core::body_limit::{
     check_headers, parse_content_length, rejection, BodyCounter, BodyLimitPolicy, DeclaredLength, HeadersVerdict,
-    Reason,
+    Limit, Reason,
 };
+use tether_glue::Counter;
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Trace);
     proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(BodyLimitRoot::default()) });
 }}
 
-/// Counter ids; `None` where the host refused to define one (the filter still works).
 #[derive(Default)]
 struct Metrics {
-    rejected_declared: Option<u32>,
-    rejected_streamed: Option<u32>,
-    invalid_content_length: Option<u32>,
+    rejected_declared: Counter,
+    rejected_streamed: Counter,
+    invalid_content_length: Counter,
 }
 
 impl Metrics {
     fn define() -> Metrics {
-        let counter = |name: &str| match hostcalls::define_metric(MetricType::Counter, name) {
-            Ok(id) => Some(id),
-            Err(status) => {
-                warn!("body-limit: cannot define metric {name}: {status:?}");
-                None
-            }
-        };
         Metrics {
-            rejected_declared: counter("tether_body_limit.rejected.declared_too_large"),
-            rejected_streamed: counter("tether_body_limit.rejected.streamed_too_large"),
-            invalid_content_length: counter("tether_body_limit.invalid_content_length"),
-        }
-    }
-
-    fn increment(id: Option<u32>) {
-        if let Some(id) = id {
-            // A failed increment loses one count; not worth failing a request over.
-            let _ = hostcalls::increment_metric(id, 1);
+            rejected_declared: Counter::define("tether_body_limit.rejected.declared_too_large"),
+            rejected_streamed: Counter::define("tether_body_limit.rejected.streamed_too_large"),
+            invalid_content_length: Counter::define("tether_body_limit.invalid_content_length"),
         }
     }
 
     fn rejected(&self, reason: Reason) {
-        Self::increment(match reason {
-            Reason::DeclaredTooLarge => self.rejected_declared,
-            Reason::StreamedTooLarge => self.rejected_streamed,
-        });
+        match reason {
+            Reason::DeclaredTooLarge => self.rejected_declared.increment(),
+            Reason::StreamedTooLarge => self.rejected_streamed.increment(),
+        }
     }
 }
 
@@ -128,11 +113,11 @@ impl HttpContext for BodyLimitRequest {
         let path = if self.policy.needs_path() { self.header(":path") } else { None };
         let limit = self.policy.limit_for(method.as_deref().unwrap_or_default(), path.as_deref().unwrap_or_default());
         let declared = match limit {
-            tether_core::body_limit::Limit::Unlimited => DeclaredLength::Absent,
-            tether_core::body_limit::Limit::Bytes(_) => parse_content_length(self.header("content-length").as_deref()),
+            Limit::Unlimited => DeclaredLength::Absent,
+            Limit::Bytes(_) => parse_content_length(self.header("content-length").as_deref()),
         };
         if declared == DeclaredLength::Invalid {
-            Metrics::increment(self.metrics.invalid_content_length);
+            self.metrics.invalid_content_length.increment();
         }
         match check_headers(limit, declared) {
             HeadersVerdict::Pass => Action::Continue,

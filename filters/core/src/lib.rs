@@ -8,9 +8,13 @@
 pub mod body_limit;
 pub mod config;
 pub mod duration;
+#[doc(hidden)]
+pub mod fixtures;
 pub mod nodes;
+pub mod path_pin;
 mod protobuf_struct;
 pub mod request_match;
+pub mod routing;
 pub mod size;
 
 pub use config::{parse_config, ConfigError};

@@ -8,6 +8,9 @@
 //!   `{path, method, body_bytes, state}` where state is `receiving`, `complete` or `aborted`, so a test
 //!   can see exactly how much of a body reached the node, even when the request was cut off.
 //! - `Upgrade: websocket`: a WebSocket echo.
+//! - `/git/...`: with `--git-root DIR`, git's smart HTTP protocol through `git http-backend`
+//!   (CGI) for the repositories under DIR, pushes allowed; without it, 404, so a git client
+//!   that reaches the wrong node fails loudly.
 //! - Anything else: 200, header `x-node: NAME`, and the JSON echo
 //!   `{node, method, path, headers: [[name, value], ...], body_bytes}`.
 //!
@@ -23,6 +26,7 @@ use std::sync::{Arc, Mutex};
 
 struct State {
     name: String,
+    git_root: Option<std::path::PathBuf>,
     healthy: AtomicBool,
     requests: Mutex<Vec<RequestRecord>>,
 }
@@ -50,11 +54,13 @@ impl Request {
 fn main() {
     let mut name = String::from("node");
     let mut port: u16 = 0;
+    let mut git_root = None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--name" => name = args.next().unwrap_or_default(),
             "--port" => port = args.next().and_then(|p| p.parse().ok()).unwrap_or(0),
+            "--git-root" => git_root = args.next().map(std::path::PathBuf::from),
             other => {
                 eprintln!("test-node: unknown argument {other:?}");
                 std::process::exit(2);
@@ -71,7 +77,7 @@ fn main() {
     let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
     println!("listening {addr}");
     let _ = io::stdout().flush();
-    let state = Arc::new(State { name, healthy: AtomicBool::new(true), requests: Mutex::new(Vec::new()) });
+    let state = Arc::new(State { name, git_root, healthy: AtomicBool::new(true), requests: Mutex::new(Vec::new()) });
     for stream in listener.incoming().flatten() {
         let state = Arc::clone(&state);
         std::thread::spawn(move || {
@@ -104,6 +110,10 @@ fn serve_connection(stream: TcpStream, state: &State) -> io::Result<()> {
         if req.header("upgrade").is_some_and(|u| u.eq_ignore_ascii_case("websocket")) {
             return websocket_echo(req, reader, writer);
         }
+        if req.path.starts_with("/git/") {
+            git(&req, &mut reader, &mut writer, state)?;
+            continue;
+        }
         let index = {
             let mut log = lock(&state.requests);
             log.push(RequestRecord {
@@ -117,9 +127,9 @@ fn serve_connection(stream: TcpStream, state: &State) -> io::Result<()> {
         if req.header("expect").is_some_and(|e| e.eq_ignore_ascii_case("100-continue")) {
             writer.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")?;
         }
-        let result = read_body(&mut reader, &req, |n| {
+        let result = read_body(&mut reader, &req, |chunk| {
             if let Some(r) = lock(&state.requests).get_mut(index) {
-                r.body_bytes += n as u64;
+                r.body_bytes += chunk.len() as u64;
             }
         });
         let body_bytes = {
@@ -200,7 +210,7 @@ fn read_head(reader: &mut BufReader<TcpStream>) -> io::Result<Option<Request>> {
 }
 
 /// Reads and discards the body, reporting each piece's size as it arrives.
-fn read_body(reader: &mut BufReader<TcpStream>, req: &Request, mut seen: impl FnMut(usize)) -> io::Result<()> {
+fn read_body(reader: &mut BufReader<TcpStream>, req: &Request, mut seen: impl FnMut(&[u8])) -> io::Result<()> {
     let chunked = req.header("transfer-encoding").is_some_and(|t| t.to_ascii_lowercase().contains("chunked"));
     if chunked {
         loop {
@@ -229,7 +239,7 @@ fn read_body(reader: &mut BufReader<TcpStream>, req: &Request, mut seen: impl Fn
     discard(reader, length, &mut seen)
 }
 
-fn discard(reader: &mut BufReader<TcpStream>, mut remaining: u64, seen: &mut impl FnMut(usize)) -> io::Result<()> {
+fn discard(reader: &mut BufReader<TcpStream>, mut remaining: u64, seen: &mut impl FnMut(&[u8])) -> io::Result<()> {
     let mut buf = [0u8; 64 * 1024];
     while remaining > 0 {
         let want = usize::try_from(remaining.min(buf.len() as u64)).unwrap_or(buf.len());
@@ -237,10 +247,72 @@ fn discard(reader: &mut BufReader<TcpStream>, mut remaining: u64, seen: &mut imp
         if n == 0 {
             return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "eof in body"));
         }
-        seen(n);
+        seen(&buf[..n]);
         remaining -= n as u64;
     }
     Ok(())
+}
+
+/// Serves git's smart HTTP protocol via `git http-backend` (CGI), recording the request.
+fn git(req: &Request, reader: &mut BufReader<TcpStream>, writer: &mut TcpStream, state: &State) -> io::Result<()> {
+    let mut body = Vec::new();
+    read_body(reader, req, |chunk| body.extend_from_slice(chunk))?;
+    lock(&state.requests).push(RequestRecord {
+        method: req.method.clone(),
+        path: req.path.clone(),
+        body_bytes: body.len() as u64,
+        state: "complete",
+    });
+    let node = state.name.clone();
+    let Some(root) = &state.git_root else {
+        let msg = format!("no git repositories on node {node}");
+        return respond(writer, 404, "Not Found", &[("x-node", &node)], msg.as_bytes(), false);
+    };
+    let (path, query) = req.path.split_once('?').unwrap_or((&req.path, ""));
+    let mut cmd = std::process::Command::new("git");
+    cmd.arg("http-backend")
+        .env("GIT_PROJECT_ROOT", root)
+        .env("GIT_HTTP_EXPORT_ALL", "1")
+        .env("REQUEST_METHOD", &req.method)
+        .env("PATH_INFO", path.strip_prefix("/git").unwrap_or(path))
+        .env("QUERY_STRING", query)
+        .env("CONTENT_LENGTH", body.len().to_string())
+        .env("REMOTE_ADDR", "127.0.0.1")
+        .env("REMOTE_USER", "tester") // lets http-backend accept pushes
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped());
+    for (name, var) in [
+        ("content-type", "CONTENT_TYPE"),
+        ("content-encoding", "HTTP_CONTENT_ENCODING"),
+        ("git-protocol", "HTTP_GIT_PROTOCOL"),
+    ] {
+        if let Some(v) = req.header(name) {
+            cmd.env(var, v);
+        }
+    }
+    let mut child = cmd.spawn()?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(&body)?;
+    }
+    let out = child.wait_with_output()?;
+    // CGI output: headers (a "Status:" line among them), a blank line, the body.
+    let split = out.stdout.windows(4).position(|w| w == b"\r\n\r\n").map(|i| (i, i + 4));
+    let split = split.or_else(|| out.stdout.windows(2).position(|w| w == b"\n\n").map(|i| (i, i + 2)));
+    let (head_end, body_start) = split.unwrap_or((out.stdout.len(), out.stdout.len()));
+    let head = String::from_utf8_lossy(&out.stdout[..head_end]).into_owned();
+    let mut code = 200;
+    let mut headers: Vec<(String, String)> = vec![("x-node".into(), node)];
+    for line in head.lines() {
+        if let Some((n, v)) = line.split_once(':') {
+            if n.eq_ignore_ascii_case("status") {
+                code = v.trim().split(' ').next().and_then(|c| c.parse().ok()).unwrap_or(500);
+            } else if !n.eq_ignore_ascii_case("content-length") {
+                headers.push((n.trim().to_string(), v.trim().to_string()));
+            }
+        }
+    }
+    let header_refs: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+    respond(writer, code, "CGI", &header_refs, &out.stdout[body_start..], req.method == "HEAD")
 }
 
 fn respond(

@@ -1,0 +1,144 @@
+//! The routing contract with Envoy, shared by path-pin, uri-hash and affinity.
+//!
+//! A routing filter names a node; it writes `base64("ip:port")` of that node into the session
+//! header, and Envoy's `stateful_session` filter (header mode, same header name, placed after
+//! the wasm filters) sends the request there while the node is healthy, else lets the cluster's
+//! load balancer choose. The deciding filter marks the request with the `tether.routed_by`
+//! property so routing filters later in the chain leave it alone; a filter that finds no mark
+//! treats a session header on the request as forged by the client and removes it. On the
+//! response, `upstream.address` tells which node really served.
+
+use base64::Engine;
+use serde::de::{self, Deserializer};
+use serde::Deserialize;
+use std::net::SocketAddr;
+
+pub const DEFAULT_SESSION_HEADER: &str = "x-tether-session";
+
+/// The per-request property the deciding filter sets (value: the filter's name).
+pub const ROUTED_BY_PROPERTY: &str = "tether.routed_by";
+
+/// Envoy's property path for the address of the upstream host that served the request.
+pub const UPSTREAM_ADDRESS_PROPERTY: [&str; 2] = ["upstream", "address"];
+
+/// Headers that mean something else to HTTP or to Envoy and must not carry a session.
+const RESERVED: &[&str] = &[
+    "host",
+    "cookie",
+    "set-cookie",
+    "content-length",
+    "content-type",
+    "transfer-encoding",
+    "connection",
+    "upgrade",
+    "te",
+    "keep-alive",
+    "proxy-connection",
+    "authorization",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-real-ip",
+    "forwarded",
+];
+
+/// The session header's name: lower-case letters, digits and `-`, not a reserved header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionHeader(String);
+
+impl Default for SessionHeader {
+    fn default() -> Self {
+        SessionHeader(DEFAULT_SESSION_HEADER.to_string())
+    }
+}
+
+impl SessionHeader {
+    pub fn name(&self) -> &str {
+        &self.0
+    }
+
+    pub fn parse(name: &str) -> Result<SessionHeader, String> {
+        let ok = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-';
+        if name.is_empty() || name.len() > 64 || !name.chars().all(ok) || name.starts_with('-') {
+            return Err(format!(
+                "invalid header name {name:?}: use 1 to 64 lower-case letters, digits and '-', as Envoy's stateful_session header config must match it exactly"
+            ));
+        }
+        if RESERVED.contains(&name) || name.starts_with("x-envoy-") {
+            return Err(format!(
+                "{name:?} is a header with another meaning; pick a name of your own, e.g. {DEFAULT_SESSION_HEADER:?}"
+            ));
+        }
+        Ok(SessionHeader(name.to_string()))
+    }
+}
+
+impl<'de> Deserialize<'de> for SessionHeader {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        SessionHeader::parse(&String::deserialize(d)?).map_err(de::Error::custom)
+    }
+}
+
+/// The session header value that sends a request to `address`: `base64("ip:port")`.
+pub fn session_value(address: &SocketAddr) -> String {
+    base64::engine::general_purpose::STANDARD.encode(address.to_string())
+}
+
+/// Whether a routing filter earlier in the chain already decided this request.
+pub fn decided_earlier(routed_by: Option<&[u8]>) -> bool {
+    routed_by.is_some_and(|v| !v.is_empty())
+}
+
+/// Whether the node a filter chose is the one that served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Served {
+    ByChosen,
+    /// Envoy sent the request elsewhere (the chosen node was unhealthy, ejected or refused).
+    ByOther(SocketAddr),
+    /// No upstream address (a local reply, or the request never reached a node).
+    Unknown,
+}
+
+pub fn served(chosen: &SocketAddr, upstream_address: Option<&[u8]>) -> Served {
+    let parsed =
+        upstream_address.and_then(|raw| std::str::from_utf8(raw).ok()).and_then(|text| text.parse::<SocketAddr>().ok());
+    match parsed {
+        Some(a) if a == *chosen => Served::ByChosen,
+        Some(a) => Served::ByOther(a),
+        None => Served::Unknown,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    #[test]
+    fn session_value_is_base64_of_ip_port() {
+        assert_eq!(session_value(&"127.0.0.1:8001".parse().unwrap()), "MTI3LjAuMC4xOjgwMDE=");
+        assert_eq!(session_value(&"[::1]:80".parse().unwrap()), "Wzo6MV06ODA=");
+    }
+
+    #[test]
+    fn header_names() {
+        assert_eq!(SessionHeader::default().name(), "x-tether-session");
+        assert!(SessionHeader::parse("x-my-session").is_ok());
+        for bad in ["", "X-Session", "x session", "-x", "cookie", "host", "x-envoy-original-path", "x_s"] {
+            assert!(SessionHeader::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn precedence_and_served() {
+        assert!(!decided_earlier(None));
+        assert!(!decided_earlier(Some(b"")));
+        assert!(decided_earlier(Some(b"path-pin")));
+        let chosen: SocketAddr = "127.0.0.1:8001".parse().unwrap();
+        assert_eq!(served(&chosen, Some(b"127.0.0.1:8001")), Served::ByChosen);
+        assert_eq!(served(&chosen, Some(b"127.0.0.1:8002")), Served::ByOther("127.0.0.1:8002".parse().unwrap()));
+        assert_eq!(served(&chosen, None), Served::Unknown);
+        assert_eq!(served(&chosen, Some(b"\xff")), Served::Unknown);
+    }
+}
