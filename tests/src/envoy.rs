@@ -34,6 +34,8 @@ pub struct WasmFilter {
     pub as_struct: bool,
     /// Distinguishes two instances of one filter in a chain (own name and VM).
     pub instance: Option<String>,
+    /// Host environment variables the VM may read (`vm_config.environment_variables`).
+    pub env_keys: Vec<String>,
 }
 
 impl WasmFilter {
@@ -45,6 +47,7 @@ impl WasmFilter {
             config_json: config_json.to_string(),
             as_struct: false,
             instance: None,
+            env_keys: Vec::new(),
         }
     }
 
@@ -82,10 +85,12 @@ impl WasmFilter {
                   vm_id: {id}
                   runtime: envoy.wasm.runtime.v8
                   code: {{ local: {{ filename: {path:?} }} }}
+                  environment_variables: {{ host_env_keys: {env_keys:?} }}
                 configuration:
                   "@type": type.googleapis.com/{type_url}
                   value: {value}"#,
             path = wasm_path(&self.filter).display().to_string(),
+            env_keys = self.env_keys,
         )
     }
 }
@@ -256,10 +261,15 @@ pub struct Envoy {
 
 impl Envoy {
     pub fn start(config: &EnvoyConfig) -> Envoy {
-        Envoy::start_yaml(&config.yaml())
+        Envoy::start_yaml(&config.yaml(), &[])
     }
 
-    pub fn start_yaml(yaml: &str) -> Envoy {
+    /// Starts Envoy with extra environment variables (e.g. keys for `host_env_keys`).
+    pub fn start_with_env(config: &EnvoyConfig, env: &[(&str, &str)]) -> Envoy {
+        Envoy::start_yaml(&config.yaml(), env)
+    }
+
+    pub fn start_yaml(yaml: &str, env: &[(&str, &str)]) -> Envoy {
         let dir = ScratchDir::new("envoy");
         let config_path = dir.join("envoy.yaml");
         let admin_path = dir.join("admin-address");
@@ -276,6 +286,7 @@ impl Envoy {
             // Flush the log often so tests can poll it.
             .args(["--file-flush-interval-msec", "20"])
             .current_dir(repo_root())
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         crate::die_with_parent(&mut cmd);
@@ -383,9 +394,10 @@ impl Drop for Envoy {
     }
 }
 
-/// `envoy --mode validate` on a config file, run from the repository root.
-pub fn validate(config: &Path) -> Output {
+/// `envoy --mode validate` on a config file, run from the repository root, with `env` set.
+pub fn validate(config: &Path, env: &[(&str, &str)]) -> Output {
     Command::new(envoy_bin())
+        .envs(env.iter().copied())
         .args(["--mode", "validate", "-l", "info", "--component-log-level", "wasm:debug", "-c"])
         .arg(config)
         .current_dir(repo_root())

@@ -96,11 +96,40 @@ pub fn admin_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)>
     raw_request(addr, "GET", path)
 }
 
-/// A minimal HTTP/1.1 request with no body and `connection: close`, read to EOF.
-pub fn raw_request(addr: SocketAddr, method: &str, path: &str) -> std::io::Result<(u16, String)> {
+/// A response read by [`request`].
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    /// Names lower-cased, in order; repeated headers (`set-cookie`) appear repeatedly.
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+
+    pub fn all(&self, name: &str) -> Vec<&str> {
+        self.headers.iter().filter(|(n, _)| n == name).map(|(_, v)| v.as_str()).collect()
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("body is not JSON ({e}): {:?}", self.body))
+    }
+}
+
+/// A minimal HTTP/1.1 request with no body and `connection: close`: fast enough to send
+/// hundreds per test, and exact about headers (curl is used where a real client matters).
+pub fn request(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)]) -> std::io::Result<Response> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(s, "{method} {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")?;
+    let mut head = format!("{method} {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-length: 0\r\nconnection: close\r\n");
+    for (n, v) in headers {
+        head.push_str(&format!("{n}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    s.write_all(head.as_bytes())?;
     let mut out = Vec::new();
     let mut buf = [0u8; 8192];
     loop {
@@ -117,7 +146,16 @@ pub fn raw_request(addr: SocketAddr, method: &str, path: &str) -> std::io::Resul
     let (statuses, headers, body) = parse_responses(&out);
     let chunked = headers.iter().any(|(n, v)| n == "transfer-encoding" && v.contains("chunked"));
     let body = if chunked { dechunk(&body) } else { body };
-    Ok((statuses.last().copied().unwrap_or(0), String::from_utf8_lossy(&body).into_owned()))
+    Ok(Response {
+        status: statuses.last().copied().unwrap_or(0),
+        headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    })
+}
+
+/// [`request`] without extra headers; returns status and body.
+pub fn raw_request(addr: SocketAddr, method: &str, path: &str) -> std::io::Result<(u16, String)> {
+    request(addr, method, path, &[]).map(|r| (r.status, r.body))
 }
 
 /// Decodes a complete chunked body (no trailers expected).

@@ -78,6 +78,14 @@ fn node_bin() -> std::path::PathBuf {
     })
 }
 
+impl TestNode {
+    /// Kills the node process (SIGKILL): its port refuses connections from now on.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 impl Drop for TestNode {
     fn drop(&mut self) {
         let _ = self.child.kill();

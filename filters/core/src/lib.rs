@@ -5,8 +5,10 @@
 //! The filter crates are thin adapters: they read what a callback offers, call one function
 //! here and apply the answer.
 
+pub mod affinity;
 pub mod body_limit;
 pub mod config;
+pub mod cookie;
 pub mod duration;
 #[doc(hidden)]
 pub mod fixtures;
@@ -16,5 +18,6 @@ mod protobuf_struct;
 pub mod request_match;
 pub mod routing;
 pub mod size;
+pub mod token;
 
 pub use config::{parse_config, ConfigError};

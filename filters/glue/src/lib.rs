@@ -28,3 +28,43 @@ impl Counter {
         }
     }
 }
+
+/// Reads an environment variable of the Envoy host. Envoy passes only the variables listed in
+/// `vm_config.environment_variables` (`host_env_keys` or `key_values`), through WASI's
+/// `environ_get`, which Envoy provides to every module; std's `env::var` cannot see them on
+/// wasm32-unknown-unknown.
+pub fn host_env_var(name: &str) -> Option<String> {
+    environ()
+        .into_iter()
+        .find_map(|entry| entry.strip_prefix(name.as_bytes())?.strip_prefix(b"=").map(<[u8]>::to_vec))
+        .and_then(|v| String::from_utf8(v).ok())
+}
+
+#[cfg(target_arch = "wasm32")]
+#[allow(unsafe_code)]
+fn environ() -> Vec<Vec<u8>> {
+    #[link(wasm_import_module = "wasi_snapshot_preview1")]
+    extern "C" {
+        fn environ_sizes_get(count: *mut usize, buf_size: *mut usize) -> u16;
+        fn environ_get(environ: *mut *mut u8, buf: *mut u8) -> u16;
+    }
+    let (mut count, mut size) = (0usize, 0usize);
+    // SAFETY: both pointers are to live locals the host writes one usize into.
+    if unsafe { environ_sizes_get(&mut count, &mut size) } != 0 || count == 0 {
+        return Vec::new();
+    }
+    let mut pointers: Vec<*mut u8> = vec![std::ptr::null_mut(); count];
+    let mut buf: Vec<u8> = vec![0; size];
+    // SAFETY: the host fills `count` pointers into `pointers` and `size` bytes into `buf`,
+    // exactly the sizes it reported above; each pointer points into `buf`.
+    if unsafe { environ_get(pointers.as_mut_ptr(), buf.as_mut_ptr()) } != 0 {
+        return Vec::new();
+    }
+    // Entries are NUL-terminated "NAME=value" strings laid out back to back in `buf`.
+    buf.split(|&b| b == 0).filter(|e| !e.is_empty()).map(<[u8]>::to_vec).collect()
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+fn environ() -> Vec<Vec<u8>> {
+    std::env::vars_os().map(|(k, v)| format!("{}={}", k.to_string_lossy(), v.to_string_lossy()).into_bytes()).collect()
+}

@@ -108,7 +108,7 @@ fn serve_connection(stream: TcpStream, state: &State) -> io::Result<()> {
             continue;
         }
         if req.header("upgrade").is_some_and(|u| u.eq_ignore_ascii_case("websocket")) {
-            return websocket_echo(req, reader, writer);
+            return websocket_echo(req, reader, writer, &state.name);
         }
         if req.path.starts_with("/git/") {
             git(&req, &mut reader, &mut writer, state)?;
@@ -184,20 +184,27 @@ fn control(req: &Request, state: &State, writer: &mut TcpStream) -> io::Result<b
     Ok(true)
 }
 
-fn read_head(reader: &mut BufReader<TcpStream>) -> io::Result<Option<Request>> {
-    let mut line = String::new();
-    if reader.read_line(&mut line)? == 0 {
+/// Reads one line as bytes; header bytes that are not UTF-8 are kept, lossily, not fatal.
+fn read_line_lossy(reader: &mut BufReader<TcpStream>) -> io::Result<Option<String>> {
+    let mut raw = Vec::new();
+    if reader.read_until(b'\n', &mut raw)? == 0 {
         return Ok(None);
     }
+    Ok(Some(String::from_utf8_lossy(&raw).into_owned()))
+}
+
+fn read_head(reader: &mut BufReader<TcpStream>) -> io::Result<Option<Request>> {
+    let Some(line) = read_line_lossy(reader)? else {
+        return Ok(None);
+    };
     let mut parts = line.trim_end().splitn(3, ' ');
     let method = parts.next().unwrap_or_default().to_string();
     let path = parts.next().unwrap_or_default().to_string();
     let mut headers = Vec::new();
     loop {
-        let mut h = String::new();
-        if reader.read_line(&mut h)? == 0 {
+        let Some(h) = read_line_lossy(reader)? else {
             return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "eof in headers"));
-        }
+        };
         let h = h.trim_end_matches(['\r', '\n']);
         if h.is_empty() {
             break;
@@ -335,7 +342,7 @@ fn respond(
     w.write_all(&bytes)
 }
 
-fn websocket_echo(req: Request, reader: BufReader<TcpStream>, mut writer: TcpStream) -> io::Result<()> {
+fn websocket_echo(req: Request, reader: BufReader<TcpStream>, mut writer: TcpStream, node: &str) -> io::Result<()> {
     let key = req.header("sec-websocket-key").unwrap_or_default();
     let mut sha = Sha1::new();
     sha.update(key.as_bytes());
@@ -343,7 +350,7 @@ fn websocket_echo(req: Request, reader: BufReader<TcpStream>, mut writer: TcpStr
     let accept = base64::engine::general_purpose::STANDARD.encode(sha.finalize());
     write!(
         writer,
-        "HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\nsec-websocket-accept: {accept}\r\n\r\n"
+        "HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\nsec-websocket-accept: {accept}\r\nx-node: {node}\r\n\r\n"
     )?;
     let leftover = reader.buffer().to_vec();
     let stream = reader.into_inner();

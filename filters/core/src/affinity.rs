@@ -1,0 +1,595 @@
+//! affinity: cookie-based session affinity with redispatch.
+//!
+//! Reproduces HAProxy `cookie <name> insert indirect nocache maxidle <t> maxlife <t>` with
+//! `option redispatch` and `balance leastconn` (Envoy's LEAST_REQUEST picks new sessions),
+//! and Apache `stickysession=ROUTEID`. The request side reads the cookie and names a node;
+//! the response side compares with the node that really served and (re)issues the cookie.
+
+use crate::config::{parse_config, ConfigError};
+use crate::cookie::{self, CookieAttributes, SameSite};
+use crate::duration::HumanDuration;
+use crate::nodes::{Node, Nodes};
+use crate::routing::{session_value, SessionHeader};
+use crate::token::{self, Claims, Key};
+use serde::Deserialize;
+
+pub const DEFAULT_COOKIE_NAME: &str = "SERVERID";
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AffinityConfig {
+    #[serde(default)]
+    session_header: SessionHeader,
+    nodes: Nodes,
+    #[serde(default)]
+    cookie: CookieConfig,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    Signed,
+    Plain,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SecureMode {
+    Auto,
+    Always,
+    Never,
+}
+
+impl<'de> Deserialize<'de> for SecureMode {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match serde_json::Value::deserialize(d)? {
+            serde_json::Value::Bool(true) => Ok(SecureMode::Always),
+            serde_json::Value::Bool(false) => Ok(SecureMode::Never),
+            serde_json::Value::String(s) if s == "auto" => Ok(SecureMode::Auto),
+            other => Err(serde::de::Error::custom(format!("expected true, false or \"auto\", got {other}"))),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct CookieConfig {
+    name: String,
+    format: Format,
+    keys: Vec<String>,
+    keys_env: Option<String>,
+    maxidle: Option<HumanDuration>,
+    maxlife: Option<HumanDuration>,
+    refresh: Option<HumanDuration>,
+    path: String,
+    domain: Option<String>,
+    http_only: bool,
+    secure: SecureMode,
+    same_site: Option<SameSite>,
+    max_age: Option<HumanDuration>,
+    indirect: bool,
+    nocache: bool,
+    preserve: bool,
+}
+
+impl Default for CookieConfig {
+    fn default() -> Self {
+        CookieConfig {
+            name: DEFAULT_COOKIE_NAME.to_string(),
+            format: Format::Signed,
+            keys: Vec::new(),
+            keys_env: None,
+            maxidle: None,
+            maxlife: None,
+            refresh: None,
+            path: "/".to_string(),
+            domain: None,
+            http_only: true,
+            secure: SecureMode::Auto,
+            same_site: Some(SameSite::Lax),
+            max_age: None,
+            indirect: true,
+            nocache: true,
+            preserve: false,
+        }
+    }
+}
+
+/// The compiled cookie settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CookieSettings {
+    pub name: String,
+    pub format: Format,
+    keys: Vec<Key>,
+    maxidle_secs: Option<u64>,
+    maxlife_secs: Option<u64>,
+    refresh_secs: Option<u64>,
+    secure: SecureMode,
+    attributes: CookieAttributes,
+    pub indirect: bool,
+    pub nocache: bool,
+    pub preserve: bool,
+}
+
+/// What the request's cookie says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CookieState {
+    Absent,
+    /// Present but malformed, tampered, or signed with an unknown key.
+    Invalid,
+    /// Genuine but past `maxidle` or `maxlife`.
+    Expired,
+    /// Genuine and fresh, naming a node that is no longer in the table.
+    UnknownNode(Claims),
+    Valid {
+        node: usize,
+        claims: Claims,
+    },
+}
+
+/// Why a response gets our `Set-Cookie`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SetReason {
+    NewSession,
+    /// The pinned node did not serve (down, ejected, refused, removed): the session moves.
+    Redispatch,
+    /// Same node; last-seen is refreshed so `maxidle` counts from recent activity.
+    Refresh,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AffinityPolicy {
+    session_header: SessionHeader,
+    nodes: Nodes,
+    /// `base64(ip:port)` per node, in table order.
+    session_values: Vec<String>,
+    cookie: CookieSettings,
+}
+
+fn secs(d: Option<HumanDuration>) -> Option<u64> {
+    d.map(|d| d.as_duration().as_secs())
+}
+
+impl AffinityPolicy {
+    /// Parses and validates the configuration. `env` looks up the Envoy host's environment
+    /// (for `cookie.keys_env`).
+    pub fn from_json(json: &[u8], env: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let config: AffinityConfig = parse_config(json)?;
+        let c = config.cookie;
+        let at = |f: &str| format!("cookie.{f}");
+        if !cookie::is_token(&c.name) {
+            return Err(ConfigError::at(
+                at("name"),
+                format!("{:?} is not a valid cookie name (an HTTP token)", c.name),
+            ));
+        }
+        if !c.path.starts_with('/') || c.path.bytes().any(|b| b == b';' || b.is_ascii_control() || b == b' ') {
+            return Err(ConfigError::at(
+                at("path"),
+                format!("{:?} must start with \"/\" and contain no ';', spaces or control characters", c.path),
+            ));
+        }
+        if let Some(d) = &c.domain {
+            if d.is_empty() || !d.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-') {
+                return Err(ConfigError::at(at("domain"), format!("{d:?} is not a domain name")));
+            }
+        }
+        if c.same_site == Some(SameSite::None) && c.secure != SecureMode::Always {
+            return Err(ConfigError::at(
+                at("same_site"),
+                "SameSite=None requires \"secure\": true (browsers drop SameSite=None cookies without Secure)",
+            ));
+        }
+        let mut keys = Vec::new();
+        match c.format {
+            Format::Signed => {
+                for (i, k) in c.keys.iter().enumerate() {
+                    keys.push(Key::new(k.as_bytes()).map_err(|e| ConfigError::at(format!("cookie.keys[{i}]"), e))?);
+                }
+                if let Some(var) = &c.keys_env {
+                    let value = env(var).filter(|v| !v.trim().is_empty()).ok_or_else(|| {
+                        ConfigError::at(
+                            at("keys_env"),
+                            format!("environment variable {var} is not set for the Envoy VM: set it for Envoy and list it in vm_config.environment_variables.host_env_keys"),
+                        )
+                    })?;
+                    for (i, k) in value.split(',').map(str::trim).enumerate() {
+                        keys.push(
+                            Key::new(k.as_bytes())
+                                .map_err(|e| ConfigError::at(at("keys_env"), format!("key {i} in {var}: {e}")))?,
+                        );
+                    }
+                }
+                if keys.is_empty() {
+                    return Err(ConfigError::at(
+                        at("keys"),
+                        "signed cookies need at least one key, in cookie.keys or through cookie.keys_env",
+                    ));
+                }
+            }
+            Format::Plain => {
+                if !c.keys.is_empty() || c.keys_env.is_some() {
+                    return Err(ConfigError::at(at("format"), "keys are only used by format \"signed\""));
+                }
+                if c.maxidle.is_some() || c.maxlife.is_some() {
+                    return Err(ConfigError::at(
+                        at("format"),
+                        "maxidle and maxlife need format \"signed\": a plain cookie cannot carry a time the client could not forge",
+                    ));
+                }
+            }
+        }
+        for (field, d) in [("maxidle", c.maxidle), ("maxlife", c.maxlife), ("refresh", c.refresh)] {
+            if d.is_some_and(|d| d.as_duration().as_secs() == 0) {
+                return Err(ConfigError::at(at(field), "must be at least 1s"));
+            }
+        }
+        let maxidle = secs(c.maxidle);
+        let refresh = match (secs(c.refresh), maxidle) {
+            (Some(r), Some(idle)) if r >= idle => {
+                return Err(ConfigError::at(at("refresh"), "must be shorter than maxidle"));
+            }
+            (Some(_), None) => return Err(ConfigError::at(at("refresh"), "only means something with maxidle")),
+            (Some(r), Some(_)) => Some(r),
+            // Default: a tenth of maxidle, so a session's idle time is known to within 10%.
+            (None, Some(idle)) => Some((idle / 10).max(1)),
+            (None, None) => None,
+        };
+        let session_values = config.nodes.iter().map(|n| session_value(&n.address)).collect();
+        Ok(AffinityPolicy {
+            session_header: config.session_header,
+            session_values,
+            nodes: config.nodes,
+            cookie: CookieSettings {
+                name: c.name,
+                format: c.format,
+                keys,
+                maxidle_secs: maxidle,
+                maxlife_secs: secs(c.maxlife),
+                refresh_secs: refresh,
+                secure: c.secure,
+                attributes: CookieAttributes {
+                    path: c.path,
+                    domain: c.domain,
+                    http_only: c.http_only,
+                    secure: false,
+                    same_site: c.same_site,
+                    max_age_secs: secs(c.max_age),
+                },
+                indirect: c.indirect,
+                nocache: c.nocache,
+                preserve: c.preserve,
+            },
+        })
+    }
+
+    pub fn session_header(&self) -> &SessionHeader {
+        &self.session_header
+    }
+
+    pub fn nodes(&self) -> &Nodes {
+        &self.nodes
+    }
+
+    pub fn cookie(&self) -> &CookieSettings {
+        &self.cookie
+    }
+
+    /// Whether the response side must know the request's scheme (`secure: "auto"`).
+    pub fn needs_scheme(&self) -> bool {
+        self.cookie.secure == SecureMode::Auto
+    }
+
+    /// The session header value for node `index`.
+    pub fn session_value(&self, index: usize) -> Option<&str> {
+        self.session_values.get(index).map(String::as_str)
+    }
+
+    /// Reads our cookie from the `Cookie` header. `now` (Unix seconds) is only asked for when
+    /// a time must be checked. With several cookies of our name, the first genuine one wins.
+    pub fn read_cookie(&self, header: Option<&[u8]>, now: impl FnOnce() -> u64) -> CookieState {
+        let Some(header) = header else { return CookieState::Absent };
+        let mut state = CookieState::Absent;
+        let mut now = Some(now);
+        let mut now_value = None;
+        for value in cookie::values(header, &self.cookie.name) {
+            let claims = match self.cookie.format {
+                Format::Plain => {
+                    // HAProxy writes "name" or, with maxidle/maxlife, "name|dates".
+                    let name = value.split(|&b| b == b'|').next().unwrap_or_default();
+                    std::str::from_utf8(name).ok().map(|n| Claims { node: n.to_string(), first_seen: 0, last_seen: 0 })
+                }
+                Format::Signed => token::verify(&self.cookie.keys, &self.cookie.name, value),
+            };
+            let Some(claims) = claims else {
+                if state == CookieState::Absent {
+                    state = CookieState::Invalid;
+                }
+                continue;
+            };
+            if self.cookie.format == Format::Signed
+                && (self.cookie.maxidle_secs.is_some() || self.cookie.maxlife_secs.is_some())
+            {
+                let t = *now_value.get_or_insert_with(|| now.take().map_or(0, |f| f()));
+                let idle = self.cookie.maxidle_secs.is_some_and(|m| t > claims.last_seen.saturating_add(m));
+                let old = self.cookie.maxlife_secs.is_some_and(|m| t > claims.first_seen.saturating_add(m));
+                if idle || old {
+                    state = CookieState::Expired;
+                    continue;
+                }
+            }
+            return match self.nodes.iter().position(|n| n.name == claims.node) {
+                Some(node) => CookieState::Valid { node, claims },
+                None => CookieState::UnknownNode(claims),
+            };
+        }
+        state
+    }
+
+    /// Decides the response's `Set-Cookie`: the node that served (`None`: no node of ours,
+    /// e.g. a local reply), the time, and whether the request came over https.
+    pub fn set_cookie(
+        &self,
+        state: &CookieState,
+        served: Option<&Node>,
+        now: u64,
+        https: bool,
+    ) -> Option<(SetReason, String)> {
+        let served = served?;
+        let (reason, first_seen) = match state {
+            CookieState::Valid { node, claims }
+                if self.nodes.iter().nth(*node).is_some_and(|n| n.name == served.name) =>
+            {
+                let due = self.cookie.refresh_secs.is_some_and(|r| now >= claims.last_seen.saturating_add(r));
+                if !due {
+                    return None;
+                }
+                (SetReason::Refresh, claims.first_seen)
+            }
+            CookieState::Valid { claims, .. } | CookieState::UnknownNode(claims) => {
+                (SetReason::Redispatch, claims.first_seen)
+            }
+            CookieState::Absent | CookieState::Invalid | CookieState::Expired => (SetReason::NewSession, now),
+        };
+        let value = match self.cookie.format {
+            Format::Plain => served.name.clone(),
+            Format::Signed => {
+                let key = self.cookie.keys.first()?;
+                token::sign(key, &self.cookie.name, &Claims { node: served.name.clone(), first_seen, last_seen: now })
+            }
+        };
+        let mut attributes = self.cookie.attributes.clone();
+        attributes.secure = match self.cookie.secure {
+            SecureMode::Always => true,
+            SecureMode::Never => false,
+            SecureMode::Auto => https,
+        };
+        Some((reason, cookie::set_cookie(&self.cookie.name, &value, &attributes)))
+    }
+
+    /// One line for the log when the configuration is accepted (no secrets).
+    pub fn summary(&self) -> String {
+        format!(
+            "cookie {} ({:?}, {} key(s)), maxidle {}, maxlife {}, {} node(s), session header {}",
+            self.cookie.name,
+            self.cookie.format,
+            self.cookie.keys.len(),
+            self.cookie.maxidle_secs.map_or("none".into(), |s| format!("{s}s")),
+            self.cookie.maxlife_secs.map_or("none".into(), |s| format!("{s}s")),
+            self.nodes.len(),
+            self.session_header.name()
+        )
+    }
+}
+
+/// Whether the request arrived over https, from `x-forwarded-proto` (set or cleaned by the
+/// forwarded filter or Envoy) or else `:scheme`.
+pub fn is_https(forwarded_proto: Option<&[u8]>, scheme: Option<&[u8]>) -> bool {
+    let first = |v: &[u8]| {
+        v.split(|&b| b == b',').next().map(|s| s.trim_ascii().eq_ignore_ascii_case(b"https")).unwrap_or(false)
+    };
+    match forwarded_proto {
+        Some(v) => first(v),
+        None => scheme.is_some_and(|s| s.eq_ignore_ascii_case(b"https")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    const NODES: &str = r#""nodes": [
+        {"name": "node-1", "address": "127.0.0.1:8001"},
+        {"name": "node-2", "address": "127.0.0.1:8002"},
+        {"name": "node-3", "address": "127.0.0.1:8003"}
+    ]"#;
+    const KEY: &str = "0123456789abcdef0123456789abcdef";
+
+    fn policy(cookie: &str) -> AffinityPolicy {
+        AffinityPolicy::from_json(format!(r#"{{{NODES}, "cookie": {cookie}}}"#).as_bytes(), |_| None).unwrap()
+    }
+
+    fn node(p: &AffinityPolicy, name: &str) -> Node {
+        p.nodes().by_name(name).unwrap().clone()
+    }
+
+    /// The cookie value a Set-Cookie carries.
+    fn value_of(set_cookie: &str) -> String {
+        set_cookie.split(';').next().unwrap().split_once('=').unwrap().1.to_string()
+    }
+
+    #[test]
+    fn new_session_then_pinned_then_refresh_then_expiry() {
+        let p = policy(&format!(r#"{{"keys": ["{KEY}"], "maxidle": "24h", "maxlife": "7d"}}"#));
+        let t0 = 1_700_000_000;
+        let (reason, set) = p.set_cookie(&CookieState::Absent, Some(&node(&p, "node-2")), t0, true).unwrap();
+        assert_eq!(reason, SetReason::NewSession);
+        assert!(set.starts_with("SERVERID="), "{set}");
+        assert!(set.ends_with("; Path=/; HttpOnly; Secure; SameSite=Lax"), "{set}");
+        let header = format!("other=1; SERVERID={}", value_of(&set));
+
+        let state = p.read_cookie(Some(header.as_bytes()), || t0 + 60);
+        let CookieState::Valid { node: 1, claims } = &state else { panic!("{state:?}") };
+        assert_eq!((claims.first_seen, claims.last_seen), (t0, t0));
+        // Same node, within the refresh interval (maxidle / 10 = 8640 s): no Set-Cookie.
+        assert_eq!(p.set_cookie(&state, Some(&node(&p, "node-2")), t0 + 60, true), None);
+        // Past it: refreshed, first-seen kept.
+        let (reason, set) = p.set_cookie(&state, Some(&node(&p, "node-2")), t0 + 9000, true).unwrap();
+        assert_eq!(reason, SetReason::Refresh);
+        let refreshed = format!("SERVERID={}", value_of(&set));
+        let CookieState::Valid { claims, .. } = p.read_cookie(Some(refreshed.as_bytes()), || t0 + 9000) else {
+            panic!()
+        };
+        assert_eq!((claims.first_seen, claims.last_seen), (t0, t0 + 9000));
+        // maxidle: 24 h after last-seen it has expired.
+        assert_eq!(p.read_cookie(Some(refreshed.as_bytes()), || t0 + 9000 + 86_401), CookieState::Expired);
+        // maxlife: 7 days after first-seen, even if active.
+        assert_eq!(p.read_cookie(Some(refreshed.as_bytes()), || t0 + 7 * 86_400 + 1), CookieState::Expired);
+    }
+
+    #[test]
+    fn redispatch_moves_the_session_and_keeps_first_seen() {
+        let p = policy(&format!(r#"{{"keys": ["{KEY}"]}}"#));
+        let (_, set) = p.set_cookie(&CookieState::Absent, Some(&node(&p, "node-1")), 100, false).unwrap();
+        assert!(!set.contains("Secure"), "auto: plain http gets no Secure: {set}");
+        let header = format!("SERVERID={}", value_of(&set));
+        let state = p.read_cookie(Some(header.as_bytes()), || 200);
+        let (reason, set) = p.set_cookie(&state, Some(&node(&p, "node-3")), 200, false).unwrap();
+        assert_eq!(reason, SetReason::Redispatch);
+        let moved = format!("SERVERID={}", value_of(&set));
+        let CookieState::Valid { node: 2, claims } = p.read_cookie(Some(moved.as_bytes()), || 300) else { panic!() };
+        assert_eq!(claims.first_seen, 100);
+        // No node of ours served (a local reply): leave the cookie alone.
+        assert_eq!(p.set_cookie(&state, None, 200, false), None);
+    }
+
+    #[test]
+    fn bad_cookies_count_as_absent_never_as_errors() {
+        let p = policy(&format!(r#"{{"keys": ["{KEY}"]}}"#));
+        let other = policy(r#"{"keys": ["ffffffffffffffffffffffffffffffff"]}"#);
+        let (_, foreign) = other.set_cookie(&CookieState::Absent, Some(&node(&other, "node-1")), 1, false).unwrap();
+        let foreign = format!("SERVERID={}", value_of(&foreign));
+        for header in [&b"SERVERID=node-1"[..], b"SERVERID=", b"SERVERID=\xff\xfe", foreign.as_bytes(), b"SERVERID=a.b"]
+        {
+            assert_eq!(
+                p.read_cookie(Some(header), || 0),
+                CookieState::Invalid,
+                "{:?}",
+                String::from_utf8_lossy(header)
+            );
+        }
+        assert_eq!(p.read_cookie(Some(b"a=1"), || 0), CookieState::Absent);
+        assert_eq!(p.read_cookie(None, || 0), CookieState::Absent);
+        // An invalid duplicate before a genuine one does not hide it.
+        let (_, good) = p.set_cookie(&CookieState::Absent, Some(&node(&p, "node-3")), 1, false).unwrap();
+        let both = format!("SERVERID=junk; SERVERID={}", value_of(&good));
+        assert!(matches!(p.read_cookie(Some(both.as_bytes()), || 2), CookieState::Valid { node: 2, .. }));
+    }
+
+    #[test]
+    fn a_node_removed_from_the_table_means_redispatch() {
+        let p = policy(&format!(r#"{{"keys": ["{KEY}"]}}"#));
+        let gone = Claims { node: "node-9".into(), first_seen: 5, last_seen: 5 };
+        let header = format!("SERVERID={}", token::sign(&Key::new(KEY.as_bytes()).unwrap(), "SERVERID", &gone));
+        let state = p.read_cookie(Some(header.as_bytes()), || 6);
+        assert_eq!(state, CookieState::UnknownNode(gone));
+        assert_eq!(
+            p.set_cookie(&state, Some(&node(&p, "node-1")), 6, false).map(|(r, _)| r),
+            Some(SetReason::Redispatch)
+        );
+    }
+
+    #[test]
+    fn plain_format_reads_haproxy_cookies() {
+        let p = policy(r#"{"format": "plain"}"#);
+        for header in
+            [&b"SERVERID=node-2"[..], b"SERVERID=node-2|abc", b"SERVERID=\"node-2\"", b"x=1; SERVERID=node-2|Zx8a|Zw7q"]
+        {
+            assert!(
+                matches!(p.read_cookie(Some(header), || 0), CookieState::Valid { node: 1, .. }),
+                "{:?}",
+                String::from_utf8_lossy(header)
+            );
+        }
+        assert!(matches!(p.read_cookie(Some(b"SERVERID=node-7"), || 0), CookieState::UnknownNode(_)));
+        let (_, set) = p.set_cookie(&CookieState::Absent, Some(&node(&p, "node-3")), 0, false).unwrap();
+        assert!(set.starts_with("SERVERID=node-3; "), "{set}");
+    }
+
+    #[test]
+    fn attributes() {
+        let p = policy(&format!(
+            r#"{{"name": "server-pro-ha", "keys": ["{KEY}"], "path": "/app", "domain": "example.org", "http_only": false,
+                "secure": true, "same_site": "None", "max_age": "24h"}}"#
+        ));
+        let (_, set) = p.set_cookie(&CookieState::Absent, Some(&node(&p, "node-1")), 0, false).unwrap();
+        assert!(set.starts_with("server-pro-ha="), "{set}");
+        assert!(set.ends_with("; Path=/app; Domain=example.org; Max-Age=86400; Secure; SameSite=None"), "{set}");
+        let p = policy(&format!(r#"{{"keys": ["{KEY}"], "secure": false}}"#));
+        let (_, set) = p.set_cookie(&CookieState::Absent, Some(&node(&p, "node-1")), 0, true).unwrap();
+        assert!(!set.contains("Secure"), "{set}");
+    }
+
+    #[test]
+    fn keys_from_the_environment() {
+        let json = format!(r#"{{{NODES}, "cookie": {{"keys_env": "TETHER_KEYS"}}}}"#);
+        let env = |name: &str| (name == "TETHER_KEYS").then(|| format!("{KEY}, 1111111111111111"));
+        let p = AffinityPolicy::from_json(json.as_bytes(), env).unwrap();
+        assert!(p.summary().contains("2 key(s)"), "{}", p.summary());
+        let err = AffinityPolicy::from_json(json.as_bytes(), |_| None).unwrap_err().to_string();
+        assert!(err.starts_with("cookie.keys_env: environment variable TETHER_KEYS is not set"), "{err}");
+        let err = AffinityPolicy::from_json(json.as_bytes(), |_| Some("short".into())).unwrap_err().to_string();
+        assert!(err.contains("key 0 in TETHER_KEYS: a key must be at least 16 bytes"), "{err}");
+        assert!(!p.summary().contains(KEY), "secrets stay out of logs");
+    }
+
+    #[test]
+    fn bad_configs_name_the_field() {
+        let cases: &[(&str, &str)] = &[
+            ("{}", "cookie.keys: signed cookies need at least one key"),
+            (r#"{"keys": ["short"]}"#, "cookie.keys[0]: a key must be at least 16 bytes"),
+            (r#"{"name": "a b", "format": "plain"}"#, "cookie.name: \"a b\" is not a valid cookie name"),
+            (
+                r#"{"format": "plain", "keys": ["0123456789abcdef"]}"#,
+                "cookie.format: keys are only used by format \"signed\"",
+            ),
+            (r#"{"format": "plain", "maxidle": "24h"}"#, "cookie.format: maxidle and maxlife need format \"signed\""),
+            (r#"{"format": "base64"}"#, "cookie.format: unknown variant `base64`"),
+            (
+                r#"{"format": "plain", "same_site": "None"}"#,
+                "cookie.same_site: SameSite=None requires \"secure\": true",
+            ),
+            (r#"{"format": "plain", "same_site": "lax"}"#, "cookie.same_site: unknown variant `lax`"),
+            (r#"{"format": "plain", "secure": "yes"}"#, "cookie.secure: expected true, false or \"auto\""),
+            (r#"{"format": "plain", "path": "x"}"#, "cookie.path: \"x\" must start with \"/\""),
+            (r#"{"format": "plain", "domain": "a;b"}"#, "cookie.domain: \"a;b\" is not a domain name"),
+            (
+                r#"{"keys": ["0123456789abcdef"], "maxidle": "1h", "refresh": "2h"}"#,
+                "cookie.refresh: must be shorter than maxidle",
+            ),
+            (r#"{"keys": ["0123456789abcdef"], "refresh": "2h"}"#, "cookie.refresh: only means something with maxidle"),
+            (r#"{"keys": ["0123456789abcdef"], "maxidle": "0s"}"#, "cookie.maxidle: must be at least 1s"),
+            (
+                r#"{"keys": ["0123456789abcdef"], "maxidle": 86400}"#,
+                "cookie.maxidle: invalid duration 86400: a unit is required",
+            ),
+            (r#"{"format": "plain", "insert": true}"#, "cookie.insert: unknown field `insert`"),
+        ];
+        for &(cookie, want) in cases {
+            let err = AffinityPolicy::from_json(format!(r#"{{{NODES}, "cookie": {cookie}}}"#).as_bytes(), |_| None)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(want), "{cookie}\n  got:  {err}\n  want: {want}");
+        }
+    }
+
+    #[test]
+    fn https_detection() {
+        assert!(is_https(Some(b"https"), Some(b"http")));
+        assert!(is_https(Some(b"HTTPS, http"), None));
+        assert!(!is_https(Some(b"http"), Some(b"https")));
+        assert!(is_https(None, Some(b"https")));
+        assert!(!is_https(None, None));
+    }
+}

@@ -1,0 +1,297 @@
+//! affinity end to end: real Envoy (health checks, retry policy, stateful_session header
+//! mode), three test nodes, cookies as browsers and HAProxy send them.
+
+use std::collections::BTreeMap;
+use tether_core::token::{self, Claims, Key};
+use tether_e2e::http::{request, Response};
+use tether_e2e::{curl, Envoy, EnvoyConfig, TestNode, WasmFilter};
+
+const HEADER: &str = "x-tether-session";
+const KEY: &str = "e2e-test-key-0123456789abcdef";
+
+fn nodes() -> Vec<TestNode> {
+    vec![TestNode::start("node-1"), TestNode::start("node-2"), TestNode::start("node-3")]
+}
+
+fn nodes_json(nodes: &[TestNode]) -> String {
+    let entries: Vec<String> =
+        nodes.iter().map(|n| format!(r#"{{"name": "{}", "address": "{}"}}"#, n.name, n.addr)).collect();
+    format!("[{}]", entries.join(", "))
+}
+
+fn signed(nodes: &[TestNode], extra: &str) -> String {
+    format!(r#"{{"nodes": {}, "cookie": {{"keys": ["{KEY}"]{extra}}}}}"#, nodes_json(nodes))
+}
+
+fn envoy_with(nodes: &[TestNode], filters: Vec<WasmFilter>) -> Envoy {
+    let refs: Vec<&TestNode> = nodes.iter().collect();
+    Envoy::start(&EnvoyConfig::new(filters, &refs).with_routing(HEADER))
+}
+
+fn get(envoy: &Envoy, path: &str, headers: &[(&str, &str)]) -> Response {
+    let r = request(envoy.listener, "GET", path, headers).unwrap();
+    assert_eq!(r.status, 200, "{path}: {r:?}");
+    r
+}
+
+/// `SERVERID=<value>` from a response's Set-Cookie, if it sets ours.
+fn our_cookie(r: &Response) -> Option<String> {
+    r.all("set-cookie")
+        .into_iter()
+        .find(|c| c.starts_with("SERVERID="))
+        .map(|c| c.split(';').next().unwrap_or_default().to_string())
+}
+
+fn node_of(r: &Response) -> String {
+    r.header("x-node").unwrap_or_default().to_string()
+}
+
+fn echoed_headers(r: &Response) -> Vec<(String, String)> {
+    r.json()["headers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| (h[0].as_str().unwrap().into(), h[1].as_str().unwrap().into()))
+        .collect()
+}
+
+#[test]
+fn first_response_sets_the_cookie_and_200_requests_stay_on_its_node() {
+    let n = nodes();
+    let envoy = envoy_with(&n, vec![WasmFilter::new("affinity", &signed(&n, r#", "maxidle": "24h""#))]);
+    let first = get(&envoy, "/", &[]);
+    let cookie = our_cookie(&first).expect("the first response sets the cookie");
+    let set = first.all("set-cookie").join(" | ");
+    assert!(set.contains("; Path=/; HttpOnly; SameSite=Lax"), "{set}");
+    assert_eq!(first.header("cache-control"), Some("private"), "nocache");
+    assert_eq!(first.header(HEADER), None, "the session header must not leak");
+    let home = node_of(&first);
+    for i in 0..200 {
+        let r = get(&envoy, &format!("/doc/{i}"), &[("cookie", &cookie)]);
+        assert_eq!(node_of(&r), home, "request {i} left its node");
+        assert_eq!(our_cookie(&r), None, "no Set-Cookie while the session is fresh (request {i})");
+    }
+    assert_eq!(envoy.stat("wasmcustom.tether_affinity.pinned"), 200);
+    assert_eq!(envoy.stat("wasmcustom.tether_affinity.new_sessions"), 1);
+}
+
+#[test]
+fn three_hundred_new_sessions_spread_over_all_nodes() {
+    let n = nodes();
+    let envoy = envoy_with(&n, vec![WasmFilter::new("affinity", &signed(&n, ""))]);
+    let mut per_node: BTreeMap<String, usize> = BTreeMap::new();
+    for _ in 0..300 {
+        let r = get(&envoy, "/", &[]);
+        assert!(our_cookie(&r).is_some());
+        *per_node.entry(node_of(&r)).or_default() += 1;
+    }
+    assert_eq!(per_node.len(), 3, "{per_node:?}");
+    assert!(per_node.values().all(|&c| c >= 60), "each node should get at least 20%: {per_node:?}");
+}
+
+#[test]
+fn unhealthy_node_redispatches_and_the_session_stays_moved() {
+    let n = nodes();
+    let envoy = envoy_with(&n, vec![WasmFilter::new("affinity", &signed(&n, ""))]);
+    let first = get(&envoy, "/", &[]);
+    let cookie = our_cookie(&first).unwrap();
+    let home = n.iter().find(|x| x.name == node_of(&first)).unwrap();
+    home.set_healthy(false);
+    envoy.wait_for_health(home, false);
+    let moved = get(&envoy, "/after", &[("cookie", &cookie)]);
+    assert_ne!(node_of(&moved), home.name);
+    let new_cookie = our_cookie(&moved).expect("redispatch re-issues the cookie");
+    assert_ne!(new_cookie, cookie);
+    assert_eq!(envoy.stat("wasmcustom.tether_affinity.redispatched"), 1);
+    home.set_healthy(true);
+    envoy.wait_for_health(home, true);
+    for _ in 0..20 {
+        let r = get(&envoy, "/later", &[("cookie", &new_cookie)]);
+        assert_eq!(node_of(&r), node_of(&moved), "after recovery the session stays on its new node");
+    }
+}
+
+#[test]
+fn killed_node_redispatches_before_health_checks_notice() {
+    let mut n = nodes();
+    let refs: Vec<&TestNode> = n.iter().collect();
+    // No health checks: only the failed connection and the route's retry policy can save the request.
+    let mut config = EnvoyConfig::new(vec![WasmFilter::new("affinity", &signed(&n, ""))], &refs).with_routing(HEADER);
+    config.health_checks = false;
+    let envoy = Envoy::start(&config);
+    let first = get(&envoy, "/", &[]);
+    let cookie = our_cookie(&first).unwrap();
+    let home = n.iter().position(|x| x.name == node_of(&first)).unwrap();
+    n[home].kill();
+    let r = get(&envoy, "/after-kill", &[("cookie", &cookie)]);
+    assert_ne!(node_of(&r), n[home].name);
+    assert!(our_cookie(&r).is_some(), "the cookie moves to the node that served");
+    assert!(envoy.stat("cluster.nodes.upstream_rq_retry") >= 1, "the route's retry policy did the work");
+}
+
+#[test]
+fn indirect_hides_our_cookie_from_the_backend_and_keeps_the_others() {
+    let n = nodes();
+    let envoy = envoy_with(&n, vec![WasmFilter::new("affinity", &signed(&n, ""))]);
+    let cookie = our_cookie(&get(&envoy, "/", &[])).unwrap();
+    let header = format!("lang=en; {cookie}; overleaf_session=s%3Aabc.def");
+    let r = get(&envoy, "/", &[("cookie", &header)]);
+    let cookies: Vec<String> = echoed_headers(&r).into_iter().filter(|(n, _)| n == "cookie").map(|(_, v)| v).collect();
+    assert_eq!(cookies, vec!["lang=en; overleaf_session=s%3Aabc.def".to_string()]);
+    // Only our cookie: the header goes away entirely.
+    let r = get(&envoy, "/", &[("cookie", &cookie)]);
+    assert!(echoed_headers(&r).iter().all(|(n, _)| n != "cookie"), "{:?}", echoed_headers(&r));
+}
+
+#[test]
+fn tampered_expired_and_unknown_node_cookies_start_new_sessions() {
+    let n = nodes();
+    let envoy = envoy_with(&n, vec![WasmFilter::new("affinity", &signed(&n, r#", "maxidle": "1h""#))]);
+    let good = our_cookie(&get(&envoy, "/", &[])).unwrap();
+    let mut tampered = good.clone().into_bytes();
+    let last = tampered.len() - 1;
+    tampered[last] = if tampered[last] == b'A' { b'B' } else { b'A' };
+    let tampered = String::from_utf8(tampered).unwrap();
+    let key = Key::new(KEY.as_bytes()).unwrap();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let expired_claims = Claims { node: "node-1".into(), first_seen: now - 7200, last_seen: now - 7200 };
+    let expired = format!("SERVERID={}", token::sign(&key, "SERVERID", &expired_claims));
+    let unknown_claims = Claims { node: "node-9".into(), first_seen: now, last_seen: now };
+    let unknown = format!("SERVERID={}", token::sign(&key, "SERVERID", &unknown_claims));
+    for (what, cookie) in [
+        ("tampered", &tampered),
+        ("expired", &expired),
+        ("unknown node", &unknown),
+        ("garbage", &"SERVERID=%%!!".to_string()),
+    ] {
+        let r = get(&envoy, "/", &[("cookie", cookie)]);
+        assert!(our_cookie(&r).is_some(), "{what}: a fresh cookie is issued");
+    }
+    assert_eq!(envoy.stat("wasmcustom.tether_affinity.invalid_cookie"), 2);
+    assert_eq!(envoy.stat("wasmcustom.tether_affinity.expired_cookie"), 1);
+    assert_eq!(envoy.stat("wasmcustom.tether_affinity.redispatched"), 1, "unknown node moves the session");
+    // Odd spacing, duplicates and a quoted value still find the genuine cookie.
+    let value = good.trim_start_matches("SERVERID=");
+    let home = node_of(&get(&envoy, "/", &[("cookie", &good)]));
+    for header in [format!("SERVERID=junk;SERVERID={value}"), format!("  a=1 ;\tSERVERID=\"{value}\" ; b")] {
+        assert_eq!(node_of(&get(&envoy, "/", &[("cookie", &header)])), home, "{header}");
+    }
+}
+
+#[test]
+fn invalid_utf8_and_huge_cookie_headers_never_cause_errors() {
+    let n = nodes();
+    let envoy = envoy_with(&n, vec![WasmFilter::new("affinity", &signed(&n, ""))]);
+    let big = format!("{}SERVERID=x", "pad=0123456789abcdef; ".repeat(400));
+    let r = get(&envoy, "/", &[("cookie", &big)]);
+    assert!(our_cookie(&r).is_some());
+    // Raw bytes that are not UTF-8, sent over a plain socket.
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(envoy.listener).unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\ncookie: a=\xff\xfe; SERVERID=\xc3\x28\r\nconnection: close\r\n\r\n")
+        .unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).unwrap();
+    assert!(out.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&out));
+    envoy.wait_for_log("affinity: configured");
+    assert!(envoy.error_lines().is_empty(), "{:#?}", envoy.error_lines());
+}
+
+#[test]
+fn plain_format_accepts_haproxy_cookies() {
+    let n = nodes();
+    let config = format!(r#"{{"nodes": {}, "cookie": {{"format": "plain"}}}}"#, nodes_json(&n));
+    let envoy = envoy_with(&n, vec![WasmFilter::new("affinity", &config)]);
+    for cookie in ["SERVERID=node-2", "SERVERID=node-2|abc", "SERVERID=node-2|Zx8aB|Zw7q"] {
+        for _ in 0..5 {
+            let r = get(&envoy, "/", &[("cookie", cookie)]);
+            assert_eq!(node_of(&r), "node-2", "{cookie}");
+            assert_eq!(our_cookie(&r), None);
+        }
+    }
+    let fresh = get(&envoy, "/", &[]);
+    assert_eq!(our_cookie(&fresh), Some(format!("SERVERID={}", node_of(&fresh))));
+}
+
+#[test]
+fn websocket_handshake_follows_the_cookie() {
+    let n = nodes();
+    let envoy = envoy_with(&n, vec![WasmFilter::new("affinity", &signed(&n, ""))]);
+    let first = get(&envoy, "/", &[]);
+    let cookie = our_cookie(&first).unwrap();
+    for _ in 0..5 {
+        let mut req =
+            tungstenite::client::IntoClientRequest::into_client_request(format!("ws://{}/socket.io", envoy.listener))
+                .unwrap();
+        req.headers_mut().insert("cookie", cookie.parse().unwrap());
+        let (mut ws, resp) = tungstenite::connect(req).unwrap();
+        assert_eq!(resp.headers().get("x-node").and_then(|v| v.to_str().ok()), Some(node_of(&first).as_str()));
+        ws.send(tungstenite::Message::text("ping")).unwrap();
+        assert_eq!(ws.read().unwrap().into_text().unwrap().as_str(), "ping");
+    }
+}
+
+#[test]
+fn a_forged_session_header_without_cookie_steers_nothing() {
+    let n = nodes();
+    let envoy = envoy_with(&n, vec![WasmFilter::new("affinity", &signed(&n, ""))]);
+    use base64::Engine;
+    let forged = base64::engine::general_purpose::STANDARD.encode(n[2].addr.to_string());
+    for _ in 0..10 {
+        let r = get(&envoy, "/", &[(HEADER, &forged)]);
+        assert!(echoed_headers(&r).iter().all(|(h, _)| h != HEADER), "the node received the forged header");
+        assert_eq!(r.header(HEADER), None);
+    }
+    assert_eq!(envoy.stat("wasmcustom.tether_affinity.client_session_header_removed"), 10);
+}
+
+#[test]
+fn keys_come_from_the_envoy_hosts_environment() {
+    let n = nodes();
+    let refs: Vec<&TestNode> = n.iter().collect();
+    let config = format!(r#"{{"nodes": {}, "cookie": {{"keys_env": "TETHER_TEST_KEYS"}}}}"#, nodes_json(&n));
+    let mut filter = WasmFilter::new("affinity", &config);
+    filter.env_keys = vec!["TETHER_TEST_KEYS".into()];
+    let envoy = Envoy::start_with_env(
+        &EnvoyConfig::new(vec![filter], &refs).with_routing(HEADER),
+        &[("TETHER_TEST_KEYS", KEY)],
+    );
+    let cookie = our_cookie(&get(&envoy, "/", &[])).unwrap();
+    // Minted with the key from the environment: our own copy of the key verifies it.
+    let value = cookie.trim_start_matches("SERVERID=");
+    assert!(token::verify(&[Key::new(KEY.as_bytes()).unwrap()], "SERVERID", value.as_bytes()).is_some());
+}
+
+#[test]
+fn secure_follows_the_request_scheme_in_auto_mode() {
+    let n = nodes();
+    let envoy = envoy_with(&n, vec![WasmFilter::new("affinity", &signed(&n, ""))]);
+    let plain = get(&envoy, "/", &[]);
+    assert!(!plain.all("set-cookie").join("").contains("Secure"));
+    let tls = get(&envoy, "/", &[("x-forwarded-proto", "https")]);
+    assert!(tls.all("set-cookie").join("").contains("; Secure"), "{:?}", tls.all("set-cookie"));
+}
+
+#[test]
+fn a_pinned_git_request_does_not_move_the_browsers_session() {
+    let n = nodes();
+    let pin = format!(
+        r#"{{"nodes": {}, "rules": [{{"name": "git", "path_prefix": "/git/", "node": "node-1"}}]}}"#,
+        nodes_json(&n)
+    );
+    let envoy = envoy_with(&n, vec![WasmFilter::new("path-pin", &pin), WasmFilter::new("affinity", &signed(&n, ""))]);
+    // A browser session on a node other than node-1.
+    let cookie = loop {
+        let r = get(&envoy, "/", &[]);
+        if node_of(&r) != "node-1" {
+            break our_cookie(&r).unwrap();
+        }
+    };
+    for _ in 0..10 {
+        let r = request(envoy.listener, "GET", "/git/repo.git/info/refs", &[("cookie", &cookie)]).unwrap();
+        assert_eq!(node_of(&r), "node-1", "git goes to the sibling whatever the cookie says");
+        assert_eq!(our_cookie(&r), None, "and the browser's cookie is left alone");
+    }
+    let _ = curl(&["-s", &envoy.url("/")], None);
+    assert_eq!(envoy.stat("wasmcustom.tether_affinity.redispatched"), 0);
+}
