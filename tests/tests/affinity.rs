@@ -295,3 +295,31 @@ fn a_pinned_git_request_does_not_move_the_browsers_session() {
     let _ = curl(&["-s", &envoy.url("/")], None);
     assert_eq!(envoy.stat("wasmcustom.tether_affinity.redispatched"), 0);
 }
+
+/// RFC 6265 forbids several `Cookie` lines, but some clients send them: our cookie is found on
+/// any line, and every other cookie still reaches the backend.
+#[test]
+fn several_cookie_header_lines() {
+    let n = nodes();
+    let envoy = envoy_with(&n, vec![WasmFilter::new("affinity", &signed(&n, ""))]);
+    let first = get(&envoy, "/", &[]);
+    let cookie = our_cookie(&first).unwrap();
+    let home = node_of(&first);
+    // Ours on the first line: the session holds, the other line arrives intact.
+    for _ in 0..10 {
+        let r = get(&envoy, "/", &[("cookie", &cookie), ("cookie", "lang=en")]);
+        assert_eq!(node_of(&r), home);
+        let cookies: Vec<String> =
+            echoed_headers(&r).into_iter().filter(|(n, _)| n == "cookie").map(|(_, v)| v).collect();
+        assert!(cookies.iter().all(|c| !c.contains("SERVERID")), "indirect: {cookies:?}");
+        assert!(cookies.iter().any(|c| c.contains("lang=en")), "{cookies:?}");
+    }
+    // Ours on the second line.
+    for _ in 0..10 {
+        let r = get(&envoy, "/", &[("cookie", "lang=en"), ("cookie", &format!("{cookie}; theme=dark"))]);
+        assert_eq!(node_of(&r), home);
+        let cookies: Vec<String> =
+            echoed_headers(&r).into_iter().filter(|(n, _)| n == "cookie").map(|(_, v)| v).collect();
+        assert_eq!(cookies, vec!["lang=en; theme=dark".to_string()]);
+    }
+}

@@ -12,7 +12,7 @@ use proxy_wasm::types::{Action, ContextType, LogLevel};
 use std::cell::Cell;
 use std::rc::Rc;
 use std::time::UNIX_EPOCH;
-use tether_core::affinity::{is_https, AffinityPolicy, CookieState, SetReason};
+use tether_core::affinity::{AffinityPolicy, CookieState, SetReason};
 use tether_core::cookie;
 use tether_core::routing::{decided_earlier, ROUTED_BY_PROPERTY, UPSTREAM_ADDRESS_PROPERTY};
 use tether_glue::{host_env_var, Counter};
@@ -127,16 +127,18 @@ impl HttpContext for AffinityRequest {
         let shared = Rc::clone(&self.shared);
         let (policy, metrics) = (&shared.policy, &shared.metrics);
         let cookie_name = policy.cookie().name.as_str();
-        let cookie_header = self.get_http_request_header_bytes("cookie");
+        // One host call for every header we need (all Cookie lines, the session header, the
+        // scheme) instead of one call each.
+        let facts = policy.request_facts(&self.get_http_request_headers_bytes());
         self.decided_elsewhere = decided_earlier(self.get_property(vec![ROUTED_BY_PROPERTY]).as_deref());
         if !self.decided_elsewhere {
             let header = policy.session_header().name();
-            if self.get_http_request_header_bytes(header).is_some() {
+            if facts.session_header_present {
                 self.set_http_request_header(header, None); // forged by the client: never honoured
                 metrics.client_session_header_removed.increment();
             }
             let mut now = None;
-            let state = policy.read_cookie(cookie_header.as_deref(), || *now.insert(self.now()));
+            let state = policy.read_cookie(facts.cookie.as_deref(), || *now.insert(self.now()));
             match &state {
                 CookieState::Valid { node, .. } => {
                     if let Some(value) = policy.session_value(*node) {
@@ -150,17 +152,12 @@ impl HttpContext for AffinityRequest {
                 CookieState::Absent | CookieState::UnknownNode(_) => {}
             }
             self.state = state;
-            // Request headers cannot be read from the response callbacks (the host answers
-            // BadArgument), so the scheme for "secure": "auto" is taken now.
-            if policy.needs_scheme() {
-                let forwarded = self.get_http_request_header_bytes("x-forwarded-proto");
-                let scheme = if forwarded.is_none() { self.get_http_request_header_bytes(":scheme") } else { None };
-                self.https = is_https(forwarded.as_deref(), scheme.as_deref());
-            }
+            self.https = facts.https;
         }
-        // HAProxy "indirect": the backend never sees our cookie; other cookies pass intact.
+        // HAProxy "indirect": the backend never sees our cookie; other cookies pass intact
+        // (several Cookie lines become one, as HTTP/2 would send them).
         if policy.cookie().indirect {
-            if let Some(h) = cookie_header.as_deref().filter(|h| cookie::contains(h, cookie_name)) {
+            if let Some(h) = facts.cookie.as_deref().filter(|h| cookie::contains(h, cookie_name)) {
                 match cookie::without(h, cookie_name) {
                     Some(rest) => self.set_http_request_header_bytes("cookie", Some(&rest)),
                     None => self.set_http_request_header("cookie", None),

@@ -274,11 +274,6 @@ impl AffinityPolicy {
         &self.cookie
     }
 
-    /// Whether the response side must know the request's scheme (`secure: "auto"`).
-    pub fn needs_scheme(&self) -> bool {
-        self.cookie.secure == SecureMode::Auto
-    }
-
     /// The session header value for node `index`.
     pub fn session_value(&self, index: usize) -> Option<&str> {
         self.session_values.get(index).map(String::as_str)
@@ -378,6 +373,46 @@ impl AffinityPolicy {
             self.nodes.len(),
             self.session_header.name()
         )
+    }
+}
+
+/// What the affinity filter needs from the request headers, read from the whole header map in
+/// one host call: every `Cookie` line (clients that send several lines, against RFC 6265, lose
+/// nothing), whether a session header came in, and the scheme.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RequestFacts {
+    /// All `Cookie` lines joined with `"; "`, as HTTP/2 joins cookie crumbs.
+    pub cookie: Option<Vec<u8>>,
+    /// How many `Cookie` lines there were (more than one means a rewrite merges them).
+    pub cookie_lines: usize,
+    pub session_header_present: bool,
+    pub https: bool,
+}
+
+impl AffinityPolicy {
+    pub fn request_facts(&self, headers: &[(String, Vec<u8>)]) -> RequestFacts {
+        let mut facts = RequestFacts::default();
+        let (mut forwarded_proto, mut scheme) = (None, None);
+        for (name, value) in headers {
+            match name.as_str() {
+                "cookie" => {
+                    facts.cookie_lines += 1;
+                    match &mut facts.cookie {
+                        Some(joined) => {
+                            joined.extend_from_slice(b"; ");
+                            joined.extend_from_slice(value);
+                        }
+                        None => facts.cookie = Some(value.clone()),
+                    }
+                }
+                "x-forwarded-proto" => forwarded_proto = forwarded_proto.or(Some(value.as_slice())),
+                ":scheme" => scheme = Some(value.as_slice()),
+                n if n == self.session_header.name() => facts.session_header_present = true,
+                _ => {}
+            }
+        }
+        facts.https = is_https(forwarded_proto, scheme);
+        facts
     }
 }
 
@@ -582,6 +617,24 @@ mod tests {
                 .to_string();
             assert!(err.contains(want), "{cookie}\n  got:  {err}\n  want: {want}");
         }
+    }
+
+    #[test]
+    fn request_facts_join_every_cookie_line() {
+        let p = policy(r#"{"format": "plain"}"#);
+        let h = |n: &str, v: &str| (n.to_string(), v.as_bytes().to_vec());
+        let facts = p.request_facts(&[
+            h(":scheme", "http"),
+            h("cookie", "a=1"),
+            h("x-forwarded-proto", "https"),
+            h("cookie", "SERVERID=node-2; b=2"),
+            h("x-tether-session", "forged"),
+        ]);
+        assert_eq!(facts.cookie.as_deref(), Some(&b"a=1; SERVERID=node-2; b=2"[..]));
+        assert_eq!(facts.cookie_lines, 2);
+        assert!(facts.session_header_present && facts.https);
+        assert!(matches!(p.read_cookie(facts.cookie.as_deref(), || 0), CookieState::Valid { node: 1, .. }));
+        assert_eq!(p.request_facts(&[h(":scheme", "https")]), RequestFacts { https: true, ..RequestFacts::default() });
     }
 
     #[test]
