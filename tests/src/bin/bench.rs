@@ -1,37 +1,38 @@
-//! bench: what a Tether filter costs per request, measured against the same Envoy without it.
+//! bench: what each Tether filter costs per request, measured against the same Envoy without it.
 //!
-//! Starts one test node and two Envoys (`--concurrency 1`): one with no filter, one with the
-//! filter under test, and drives each in turn with h2load (HTTP/1.1, bounded by request count).
-//! Prints requests/s and Envoy's CPU time per request for each, and the difference. Run via `scripts/bench`.
+//! Starts three test nodes and, per filter, two Envoys (`--concurrency 1`): one with no filter
+//! and one with the filter (routing filters also get Envoy's `stateful_session`, the other half
+//! of the contract). Each load is driven with h2load (HTTP/1.1, 8 connections, bounded by a
+//! request count), alternating between the two Envoys. Reported: requests/s and Envoy's CPU time
+//! per request (user + system from /proc), which is far steadier on a shared machine than
+//! latency. Run via `scripts/bench`; `BENCH_REQUESTS` and `BENCH_ROUNDS` bound it.
 
 use std::process::Command;
+use tether_e2e::http::request;
 use tether_e2e::{Envoy, EnvoyConfig, ScratchDir, TestNode, WasmFilter};
 
 struct Load {
     name: &'static str,
+    path: &'static str,
     /// Body size for POST; 0 means GET.
     body: u64,
+    /// Send the session cookie the filter issued (affinity).
+    with_cookie: bool,
 }
 
 struct Measured {
     rps: f64,
-    /// Envoy's CPU time per request: the figure that shows a filter's cost, since the load
-    /// generator and the node share the machine and disturb latency far more than CPU time.
     cpu_us: f64,
 }
 
-fn measure(envoy: &Envoy, url: &str, requests: u32, body: Option<&str>) -> Measured {
-    let before = envoy.cpu_time();
-    let rps = h2load(url, requests, body);
-    let cpu = envoy.cpu_time().saturating_sub(before);
-    Measured { rps, cpu_us: cpu.as_secs_f64() * 1e6 / f64::from(requests) }
-}
-
-fn h2load(url: &str, requests: u32, body: Option<&str>) -> f64 {
+fn h2load(url: &str, requests: u32, body: Option<&str>, header: Option<&str>) -> f64 {
     let mut cmd = Command::new("h2load");
     cmd.args(["--h1", "-n", &requests.to_string(), "-c", "8", "-t", "1"]);
     if let Some(file) = body {
         cmd.args(["-d", file]);
+    }
+    if let Some(h) = header {
+        cmd.args(["-H", h]);
     }
     let out = cmd.arg(url).output().unwrap_or_else(|e| panic!("h2load (scripts/setup installs nghttp2-client): {e}"));
     let text = String::from_utf8_lossy(&out.stdout);
@@ -45,45 +46,92 @@ fn h2load(url: &str, requests: u32, body: Option<&str>) -> f64 {
         .unwrap_or(0.0)
 }
 
+fn measure(envoy: &Envoy, load: &Load, requests: u32, body: Option<&str>, cookie: Option<&str>) -> Measured {
+    let before = envoy.cpu_time();
+    let rps = h2load(&envoy.url(load.path), requests, body, cookie);
+    let cpu = envoy.cpu_time().saturating_sub(before);
+    Measured { rps, cpu_us: cpu.as_secs_f64() * 1e6 / f64::from(requests) }
+}
+
 fn main() {
     let requests: u32 = std::env::var("BENCH_REQUESTS").ok().and_then(|v| v.parse().ok()).unwrap_or(20_000);
     let rounds: u32 = std::env::var("BENCH_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
-    let node = TestNode::start("bench-node");
-    let plain = Envoy::start(&EnvoyConfig::new(vec![], &[&node]));
-    let config =
-        r#"{"default_limit": "50M", "rules": [{"path_prefix": "/upload/", "methods": ["POST"], "limit": "1M"}]}"#;
-    let filtered = Envoy::start(&EnvoyConfig::new(vec![WasmFilter::new("body-limit", config)], &[&node]));
+    let nodes = [TestNode::start("node-1"), TestNode::start("node-2"), TestNode::start("node-3")];
+    let refs: Vec<&TestNode> = nodes.iter().collect();
+    let nodes_json: Vec<String> =
+        nodes.iter().map(|n| format!(r#"{{"name": "{}", "address": "{}"}}"#, n.name, n.addr)).collect();
+    let nodes_json = format!("[{}]", nodes_json.join(", "));
     let files = ScratchDir::new("bench");
-    let loads = [Load { name: "GET (no body)", body: 0 }, Load { name: "POST 4 KiB", body: 4096 }];
-    println!("body-limit: {requests} requests x {rounds} rounds per cell, 8 connections, Envoy --concurrency 1");
+    let cases: Vec<(&str, String, bool, Vec<Load>)> = vec![
+        (
+            "body-limit",
+            r#"{"default_limit": "50M", "rules": [{"path_prefix": "/upload/", "methods": ["POST"], "limit": "1M"}]}"#
+                .into(),
+            false,
+            vec![
+                Load { name: "GET (no body)", path: "/upload/x", body: 0, with_cookie: false },
+                Load { name: "POST 4 KiB", path: "/upload/x", body: 4096, with_cookie: false },
+            ],
+        ),
+        (
+            "path-pin",
+            format!(
+                r#"{{"nodes": {nodes_json}, "rules": [{{"name": "pinned", "path_prefix": "/pinned/", "node": "node-1"}}]}}"#
+            ),
+            true,
+            vec![
+                Load { name: "GET not pinned", path: "/project/x", body: 0, with_cookie: false },
+                Load { name: "GET pinned", path: "/pinned/x", body: 0, with_cookie: false },
+            ],
+        ),
+        (
+            "affinity",
+            format!(
+                r#"{{"nodes": {nodes_json}, "cookie": {{"keys": ["bench-key-0123456789abcdef"], "maxidle": "24h"}}}}"#
+            ),
+            true,
+            vec![
+                Load { name: "GET new session", path: "/", body: 0, with_cookie: false },
+                Load { name: "GET with cookie", path: "/", body: 0, with_cookie: true },
+            ],
+        ),
+    ];
+    println!("{requests} requests x {rounds} rounds per cell, 8 connections, HTTP/1.1, Envoy --concurrency 1;");
+    println!("CPU = Envoy's user+system time per request, best round; Δ = the filter's cost.\n");
     println!(
-        "{:<16} {:>14} {:>14} {:>18} {:>18} {:>10}",
-        "load", "no filter rps", "filter rps", "no filter CPU µs", "filter CPU µs", "Δ µs/req"
+        "{:<12} {:<18} {:>10} {:>10} {:>14} {:>14} {:>10}",
+        "filter", "load", "base rps", "rps", "base CPU µs", "CPU µs", "Δ µs"
     );
-    for load in &loads {
-        let body =
-            (load.body > 0).then(|| files.file_of_size(&format!("b{}", load.body), load.body).display().to_string());
-        let (mut base, mut with) = (Vec::new(), Vec::new());
-        // Interleave the two so drift on a shared machine hits both alike; best round counts.
-        for _ in 0..rounds {
-            base.push(measure(&plain, &plain.url("/upload/x"), requests, body.as_deref()));
-            with.push(measure(&filtered, &filtered.url("/upload/x"), requests, body.as_deref()));
+    for (filter, config, routing, loads) in &cases {
+        let plain = Envoy::start(&EnvoyConfig::new(vec![], &refs));
+        let mut with = EnvoyConfig::new(vec![WasmFilter::new(filter, config)], &refs);
+        if *routing {
+            with = with.with_routing("x-tether-session");
+            with.health_checks = false;
         }
-        // The least disturbed round: lowest CPU per request.
-        let best = |v: &[Measured]| {
-            let m = v.iter().min_by(|a, b| a.cpu_us.total_cmp(&b.cpu_us)).map(|m| (m.rps, m.cpu_us));
-            m.unwrap_or((0.0, 0.0))
-        };
-        let (b_rps, b_us) = best(&base);
-        let (w_rps, w_us) = best(&with);
-        println!(
-            "{:<16} {:>14.0} {:>14.0} {:>18.1} {:>18.1} {:>+10.1}",
-            load.name,
-            b_rps,
-            w_rps,
-            b_us,
-            w_us,
-            w_us - b_us
-        );
+        let filtered = Envoy::start(&with);
+        for load in loads {
+            let body = (load.body > 0)
+                .then(|| files.file_of_size(&format!("b{}", load.body), load.body).display().to_string());
+            let cookie = load.with_cookie.then(|| {
+                let r = request(filtered.listener, "GET", "/", &[]).unwrap_or_else(|e| panic!("{e}"));
+                let set = r.header("set-cookie").unwrap_or_else(|| panic!("{filter} set no cookie"));
+                format!("cookie: {}", set.split(';').next().unwrap_or_default())
+            });
+            let (mut base, mut cost) = (Vec::new(), Vec::new());
+            for _ in 0..rounds {
+                base.push(measure(&plain, load, requests, body.as_deref(), cookie.as_deref()));
+                cost.push(measure(&filtered, load, requests, body.as_deref(), cookie.as_deref()));
+            }
+            let best = |v: &[Measured]| {
+                v.iter().min_by(|a, b| a.cpu_us.total_cmp(&b.cpu_us)).map_or((0.0, 0.0), |m| (m.rps, m.cpu_us))
+            };
+            let ((b_rps, b_cpu), (w_rps, w_cpu)) = (best(&base), best(&cost));
+            println!(
+                "{filter:<12} {:<18} {b_rps:>10.0} {w_rps:>10.0} {b_cpu:>14.1} {w_cpu:>14.1} {:>+10.1}",
+                load.name,
+                w_cpu - b_cpu
+            );
+        }
     }
 }
