@@ -107,7 +107,8 @@ pub struct EnvoyConfig {
     /// Path prefixes that get their own route with `stateful_session` `strict: true`: a
     /// request pinned to an unavailable node gets a 503 instead of another node.
     pub strict_prefixes: Vec<String>,
-    /// Active HTTP health checks on `/status` every 100 ms (one failure marks a node down).
+    /// Active HTTP health checks on `/status` every 100 ms (two failures in a row mark a node
+    /// down: one slow check on a busy machine must not move sessions in unrelated tests).
     pub health_checks: bool,
 }
 
@@ -190,7 +191,7 @@ impl EnvoyConfig {
     - timeout: 1s
       interval: 0.1s
       no_traffic_interval: 0.1s
-      unhealthy_threshold: 1
+      unhealthy_threshold: 2
       healthy_threshold: 1
       http_health_check: { path: /status }"#
         } else {

@@ -15,7 +15,7 @@ use std::time::UNIX_EPOCH;
 use tether_core::affinity::{AffinityPolicy, CookieState, SetReason};
 use tether_core::cookie;
 use tether_core::routing::{decided_earlier, ROUTED_BY_PROPERTY, UPSTREAM_ADDRESS_PROPERTY};
-use tether_glue::{host_env_var, Counter};
+use tether_glue::{host_env_var, property, set_property, Counter};
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Trace);
@@ -130,7 +130,7 @@ impl HttpContext for AffinityRequest {
         // One host call for every header we need (all Cookie lines, the session header, the
         // scheme) instead of one call each.
         let facts = policy.request_facts(&self.get_http_request_headers_bytes());
-        self.decided_elsewhere = decided_earlier(self.get_property(vec![ROUTED_BY_PROPERTY]).as_deref());
+        self.decided_elsewhere = decided_earlier(property(&[ROUTED_BY_PROPERTY]).as_deref());
         if !self.decided_elsewhere {
             let header = policy.session_header().name();
             if facts.session_header_present {
@@ -143,7 +143,7 @@ impl HttpContext for AffinityRequest {
                 CookieState::Valid { node, .. } => {
                     if let Some(value) = policy.session_value(*node) {
                         self.set_http_request_header(header, Some(value));
-                        self.set_property(vec![ROUTED_BY_PROPERTY], Some(ROUTED_BY_VALUE));
+                        set_property(&[ROUTED_BY_PROPERTY], ROUTED_BY_VALUE);
                         metrics.pinned.increment();
                     }
                 }
@@ -175,7 +175,7 @@ impl HttpContext for AffinityRequest {
         if self.decided_elsewhere {
             return Action::Continue; // e.g. a pinned /git/ request must not move the session
         }
-        let upstream = self.get_property(UPSTREAM_ADDRESS_PROPERTY.to_vec());
+        let upstream = property(&UPSTREAM_ADDRESS_PROPERTY);
         let served = upstream.as_deref().and_then(|a| policy.nodes().by_upstream_address(a));
         if let (Some(raw), None) = (upstream.as_deref(), served) {
             metrics.unknown_upstream.increment();

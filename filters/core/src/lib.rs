@@ -12,6 +12,7 @@ pub mod cookie;
 pub mod duration;
 #[doc(hidden)]
 pub mod fixtures;
+pub mod hash;
 pub mod nodes;
 pub mod path_pin;
 mod protobuf_struct;
@@ -19,5 +20,6 @@ pub mod request_match;
 pub mod routing;
 pub mod size;
 pub mod token;
+pub mod uri_hash;
 
 pub use config::{parse_config, ConfigError};

@@ -68,3 +68,26 @@ fn environ() -> Vec<Vec<u8>> {
 fn environ() -> Vec<Vec<u8>> {
     std::env::vars_os().map(|(k, v)| format!("{}={}", k.to_string_lossy(), v.to_string_lossy()).into_bytes()).collect()
 }
+
+/// Reads a property; an error from the host reads as absent (the SDK's own `get_property`
+/// would panic on it).
+pub fn property(path: &[&str]) -> Option<Vec<u8>> {
+    hostcalls::get_property(path.to_vec()).ok().flatten()
+}
+
+/// Sets a per-request property; a refusal from the host is logged, not fatal.
+pub fn set_property(path: &[&str], value: &[u8]) {
+    if let Err(status) = hostcalls::set_property(path.to_vec(), Some(value)) {
+        warn!("cannot set property {path:?}: {status:?}");
+    }
+}
+
+/// Shared data (one copy per VM id, seen by every worker): value and its CAS token.
+pub fn shared_data(key: &str) -> (Option<Vec<u8>>, Option<u32>) {
+    hostcalls::get_shared_data(key).unwrap_or((None, None))
+}
+
+/// Writes shared data if nobody changed it since `cas` was read; false on a lost race or error.
+pub fn set_shared_data(key: &str, value: &[u8], cas: Option<u32>) -> bool {
+    hostcalls::set_shared_data(key, Some(value), cas).is_ok()
+}

@@ -12,7 +12,7 @@ use proxy_wasm::types::{Action, ContextType, LogLevel};
 use std::rc::Rc;
 use tether_core::path_pin::PathPinPolicy;
 use tether_core::routing::{decided_earlier, served, Served, ROUTED_BY_PROPERTY, UPSTREAM_ADDRESS_PROPERTY};
-use tether_glue::Counter;
+use tether_glue::{property, set_property, Counter};
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Trace);
@@ -81,7 +81,7 @@ impl HttpContext for PathPinRequest {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         let shared = Rc::clone(&self.shared);
         let (policy, metrics) = &*shared;
-        if decided_earlier(self.get_property(vec![ROUTED_BY_PROPERTY]).as_deref()) {
+        if decided_earlier(property(&[ROUTED_BY_PROPERTY]).as_deref()) {
             return Action::Continue; // the session header belongs to the filter that decided
         }
         let header = policy.session_header().name();
@@ -95,7 +95,7 @@ impl HttpContext for PathPinRequest {
         let path = self.get_http_request_header_bytes(":path").unwrap_or_default();
         if let Some((index, rule)) = policy.pin_for(method.as_deref().unwrap_or_default(), &path) {
             self.set_http_request_header(header, Some(&rule.session_value));
-            self.set_property(vec![ROUTED_BY_PROPERTY], Some(ROUTED_BY_VALUE));
+            set_property(&[ROUTED_BY_PROPERTY], ROUTED_BY_VALUE);
             if let Some(counter) = metrics.pinned.get(index) {
                 counter.increment();
             }
@@ -110,7 +110,7 @@ impl HttpContext for PathPinRequest {
         // Envoy's stateful_session writes the chosen endpoint back; internal addresses stay inside.
         self.set_http_response_header(policy.session_header().name(), None);
         if let Some(rule) = self.pinned_rule.and_then(|i| policy.rules().get(i)) {
-            let upstream = self.get_property(UPSTREAM_ADDRESS_PROPERTY.to_vec());
+            let upstream = property(&UPSTREAM_ADDRESS_PROPERTY);
             if let Served::ByOther(other) = served(&rule.address, upstream.as_deref()) {
                 metrics.pinned_node_did_not_serve.increment();
                 let other_name =

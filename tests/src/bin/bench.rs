@@ -85,6 +85,15 @@ fn main() {
             ],
         ),
         (
+            "uri-hash",
+            format!(r#"{{"nodes": {nodes_json}, "prefixes": ["/project/"], "depth": 2}}"#),
+            true,
+            vec![
+                Load { name: "GET not hashed", path: "/login", body: 0, with_cookie: false },
+                Load { name: "GET /project/", path: "/project/5f3c/output/output.pdf", body: 0, with_cookie: false },
+            ],
+        ),
+        (
             "affinity",
             format!(
                 r#"{{"nodes": {nodes_json}, "cookie": {{"keys": ["bench-key-0123456789abcdef"], "maxidle": "24h"}}}}"#
