@@ -107,6 +107,10 @@ pub struct EnvoyConfig {
     /// Path prefixes that get their own route with `stateful_session` `strict: true`: a
     /// request pinned to an unavailable node gets a 503 instead of another node.
     pub strict_prefixes: Vec<String>,
+    /// A second listener ("tls") with this certificate chain and key (PEM files).
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// A third listener ("ipv6") on [::1].
+    pub ipv6: bool,
     /// Active HTTP health checks on `/status` every 100 ms (two failures in a row mark a node
     /// down: one slow check on a busy machine must not move sessions in unrelated tests).
     pub health_checks: bool,
@@ -120,6 +124,8 @@ impl EnvoyConfig {
             proxy_100_continue: true,
             session_header: None,
             strict_prefixes: Vec::new(),
+            tls: None,
+            ipv6: false,
             health_checks: false,
         }
     }
@@ -208,16 +214,8 @@ impl EnvoyConfig {
                 )
             })
             .collect();
-        format!(
+        let hcm = format!(
             r#"
-admin:
-  address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
-static_resources:
-  listeners:
-  - name: main
-    address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
-    filter_chains:
-    - filters:
       - name: envoy.filters.network.http_connection_manager
         typed_config:
           "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
@@ -225,6 +223,10 @@ static_resources:
           codec_type: AUTO
           normalize_path: true
           merge_slashes: true
+          # The edge settings Tether documents: Envoy judges internal/external by the real
+          # peer, and leaves X-Forwarded-For to the forwarded filter (no double append).
+          use_remote_address: true
+          skip_xff_append: true
           proxy_100_continue: {p100}
           upgrade_configs: [{{ upgrade_type: websocket }}]
           route_config:
@@ -235,7 +237,44 @@ static_resources:
           http_filters:{filters}
           - name: envoy.filters.http.router
             typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"#,
+            p100 = self.proxy_100_continue,
+        );
+        let listener = |name: &str, address: &str, tls: Option<&(PathBuf, PathBuf)>| {
+            let transport = tls.map_or(String::new(), |(cert, key)| {
+                format!(
+                    r#"
+      transport_socket:
+        name: envoy.transport_sockets.tls
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
+          common_tls_context:
+            tls_certificates:
+            - certificate_chain: {{ filename: {cert:?} }}
+              private_key: {{ filename: {key:?} }}"#
+                )
+            });
+            format!(
+                r#"
+  - name: {name}
+    address: {{ socket_address: {{ address: "{address}", port_value: 0 }} }}
+    filter_chains:
+    - filters:{hcm}{transport}"#
+            )
+        };
+        let mut listeners = listener("main", "127.0.0.1", None);
+        if let Some(tls) = &self.tls {
+            listeners.push_str(&listener("tls", "127.0.0.1", Some(tls)));
+        }
+        if self.ipv6 {
+            listeners.push_str(&listener("ipv6", "::1", None));
+        }
+        format!(
+            r#"
+admin:
+  address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
+static_resources:
+  listeners:{listeners}
   clusters:
   - name: nodes
     type: STATIC
@@ -245,8 +284,7 @@ static_resources:
       cluster_name: nodes
       endpoints:
       - lb_endpoints:{endpoints}
-"#,
-            p100 = self.proxy_100_continue,
+"#
         )
     }
 }
@@ -256,6 +294,8 @@ pub struct Envoy {
     child: Child,
     pub admin: SocketAddr,
     pub listener: SocketAddr,
+    /// Every listener by name: "main", and "tls" / "ipv6" when configured.
+    pub listeners: Vec<(String, SocketAddr)>,
     log_path: PathBuf,
     _dir: ScratchDir,
 }
@@ -293,7 +333,14 @@ impl Envoy {
         crate::die_with_parent(&mut cmd);
         let child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start Envoy: {e}"));
         // From here on, a panic drops `envoy`: the process is killed and its log printed.
-        let mut envoy = Envoy { child, admin: unknown_address(), listener: unknown_address(), log_path, _dir: dir };
+        let mut envoy = Envoy {
+            child,
+            admin: unknown_address(),
+            listener: unknown_address(),
+            listeners: Vec::new(),
+            log_path,
+            _dir: dir,
+        };
         envoy.admin = wait_for("Envoy to write its admin address", Duration::from_secs(30), || {
             if let Ok(Some(status)) = envoy.child.try_wait() {
                 panic!("Envoy exited with {status} during start-up");
@@ -304,8 +351,13 @@ impl Envoy {
             Ok((200, _)) => Some(()),
             _ => None,
         });
-        envoy.listener = listener_address(envoy.admin);
+        envoy.listeners = listener_addresses(envoy.admin);
+        envoy.listener = envoy.listener_named("main").unwrap_or_else(|| panic!("no main listener"));
         envoy
+    }
+
+    pub fn listener_named(&self, name: &str) -> Option<SocketAddr> {
+        self.listeners.iter().find(|(n, _)| n == name).map(|(_, a)| *a)
     }
 
     /// `http://127.0.0.1:PORT` + `path`.
@@ -372,13 +424,20 @@ fn unknown_address() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 0))
 }
 
-fn listener_address(admin: SocketAddr) -> SocketAddr {
+fn listener_addresses(admin: SocketAddr) -> Vec<(String, SocketAddr)> {
     let (_, body) = admin_get(admin, "/listeners?format=json").unwrap_or_else(|e| panic!("listeners: {e}"));
     let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("listeners JSON: {e}: {body}"));
-    let sock = &v["listener_statuses"][0]["local_address"]["socket_address"];
-    let ip = sock["address"].as_str().unwrap_or("127.0.0.1");
-    let port = sock["port_value"].as_u64().unwrap_or(0);
-    format!("{ip}:{port}").parse().unwrap_or_else(|e| panic!("listener address in {body}: {e}"))
+    let statuses = v["listener_statuses"].as_array().cloned().unwrap_or_default();
+    statuses
+        .iter()
+        .map(|l| {
+            let sock = &l["local_address"]["socket_address"];
+            let ip: std::net::IpAddr =
+                sock["address"].as_str().unwrap_or("127.0.0.1").parse().unwrap_or_else(|e| panic!("{e}"));
+            let port = u16::try_from(sock["port_value"].as_u64().unwrap_or(0)).unwrap_or(0);
+            (l["name"].as_str().unwrap_or_default().to_string(), SocketAddr::new(ip, port))
+        })
+        .collect()
 }
 
 impl Drop for Envoy {

@@ -68,3 +68,20 @@ pub(crate) fn die_with_parent(cmd: &mut std::process::Command) {
         });
     }
 }
+
+/// A self-signed certificate for `localhost` / 127.0.0.1 / ::1 (PEM cert and key), made with
+/// the openssl command-line tool, for TLS listeners in tests and the demo.
+pub fn self_signed_cert(dir: &ScratchDir) -> (PathBuf, PathBuf) {
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let out = std::process::Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=localhost"])
+        .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1,IP:::1"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run openssl (scripts/setup installs it): {e}"));
+    assert!(out.status.success(), "openssl failed: {}", String::from_utf8_lossy(&out.stderr));
+    (cert, key)
+}

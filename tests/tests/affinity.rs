@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use tether_core::token::{self, Claims, Key};
 use tether_e2e::http::{request, Response};
-use tether_e2e::{curl, Envoy, EnvoyConfig, TestNode, WasmFilter};
+use tether_e2e::{curl, self_signed_cert, Envoy, EnvoyConfig, ScratchDir, TestNode, WasmFilter};
 
 const HEADER: &str = "x-tether-session";
 const KEY: &str = "e2e-test-key-0123456789abcdef";
@@ -263,13 +263,27 @@ fn keys_come_from_the_envoy_hosts_environment() {
 }
 
 #[test]
-fn secure_follows_the_request_scheme_in_auto_mode() {
+fn secure_follows_the_connection_scheme_in_auto_mode() {
     let n = nodes();
-    let envoy = envoy_with(&n, vec![WasmFilter::new("affinity", &signed(&n, ""))]);
+    let refs: Vec<&TestNode> = n.iter().collect();
+    let certs = ScratchDir::new("certs");
+    let mut config = EnvoyConfig::new(vec![WasmFilter::new("affinity", &signed(&n, ""))], &refs).with_routing(HEADER);
+    config.tls = Some(self_signed_cert(&certs));
+    let envoy = Envoy::start(&config);
     let plain = get(&envoy, "/", &[]);
     assert!(!plain.all("set-cookie").join("").contains("Secure"));
-    let tls = get(&envoy, "/", &[("x-forwarded-proto", "https")]);
-    assert!(tls.all("set-cookie").join("").contains("; Secure"), "{:?}", tls.all("set-cookie"));
+    // A client claiming https over plain http does not get a Secure cookie: Envoy (edge
+    // settings) rewrites X-Forwarded-Proto from the connection before any filter runs.
+    let forged = get(&envoy, "/", &[("x-forwarded-proto", "https")]);
+    assert!(!forged.all("set-cookie").join("").contains("Secure"), "{:?}", forged.all("set-cookie"));
+    let tls = envoy.listener_named("tls").unwrap();
+    let r = curl(&["-k", &format!("https://{tls}/")], None);
+    assert_eq!(r.status(), 200, "{}", r.stderr);
+    let set_cookie = r.header("set-cookie").unwrap_or_default();
+    assert!(
+        set_cookie.starts_with("SERVERID=") && set_cookie.contains("; Secure"),
+        "over TLS the cookie is Secure: {set_cookie}"
+    );
 }
 
 #[test]

@@ -12,6 +12,7 @@ pub mod cookie;
 pub mod duration;
 #[doc(hidden)]
 pub mod fixtures;
+pub mod forwarded;
 pub mod hash;
 pub mod nodes;
 pub mod path_pin;

@@ -1,0 +1,453 @@
+//! forwarded: who the client is, over which scheme and host it came, for the backend; plus the
+//! https redirect and HSTS. Reproduces HAProxy `option forwardfor`, `http-request set-header
+//! X-Forwarded-Proto https`, `redirect scheme https unless { ssl_fc }`, the HSTS
+//! `http-response set-header`, `http-response add-header X-Served-By %s`, and nginx
+//! `X-Real-IP` / `$proxy_add_x_forwarded_for`.
+//!
+//! Trust: forwarding headers are believed only from a trusted peer. The client is the
+//! right-most address of `X-Forwarded-For` + peer that is not a trusted proxy (after skipping
+//! `trusted_hops` addresses). From an untrusted peer every client-supplied `X-Forwarded-*`,
+//! `X-Real-IP` and `Forwarded` is discarded and written anew.
+
+use crate::config::{parse_config, ConfigError};
+use crate::duration::HumanDuration;
+use crate::nodes::Nodes;
+use crate::request_match::{path_without_query, RequestMatch};
+use ipnet::IpNet;
+use serde::Deserialize;
+use std::net::{IpAddr, SocketAddr};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum XffMode {
+    Append,
+    Replace,
+    Leave,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProtoMode {
+    /// The downstream connection's scheme, or a trusted proxy's `X-Forwarded-Proto`.
+    Auto,
+    /// Always http (rare).
+    Http,
+    /// Always https: TLS ends before Envoy (the Overleaf guide's `set-header X-Forwarded-Proto https`).
+    Https,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ForwardedConfig {
+    #[serde(default)]
+    trusted_proxies: Vec<String>,
+    #[serde(default)]
+    trusted_hops: usize,
+    #[serde(default = "append")]
+    xff: XffMode,
+    #[serde(default = "yes")]
+    real_ip: bool,
+    #[serde(default = "auto")]
+    proto: ProtoMode,
+    #[serde(default = "yes")]
+    forwarded_host: bool,
+    #[serde(default = "yes")]
+    forwarded_port: bool,
+    #[serde(default)]
+    forwarded: bool,
+    #[serde(default)]
+    https_redirect: Option<RedirectConfig>,
+    #[serde(default)]
+    hsts: Option<HstsConfig>,
+    #[serde(default)]
+    served_by: Option<ServedByConfig>,
+}
+
+fn append() -> XffMode {
+    XffMode::Append
+}
+fn yes() -> bool {
+    true
+}
+fn auto() -> ProtoMode {
+    ProtoMode::Auto
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RedirectConfig {
+    #[serde(default = "https_port")]
+    port: u16,
+    #[serde(default = "acme")]
+    exempt_prefixes: Vec<String>,
+}
+
+fn https_port() -> u16 {
+    443
+}
+fn acme() -> Vec<String> {
+    vec!["/.well-known/acme-challenge/".to_string()]
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HstsConfig {
+    max_age: HumanDuration,
+    #[serde(default)]
+    include_subdomains: bool,
+    #[serde(default)]
+    preload: bool,
+    #[serde(default)]
+    override_upstream: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServedByConfig {
+    nodes: Nodes,
+    #[serde(default = "served_by_header")]
+    header: String,
+}
+
+fn served_by_header() -> String {
+    "x-served-by".to_string()
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Redirect {
+    pub port: u16,
+    exempt: Vec<RequestMatch>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hsts {
+    pub value: String,
+    pub override_upstream: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServedBy {
+    pub nodes: Nodes,
+    pub header: String,
+}
+
+/// The compiled forwarded configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForwardedPolicy {
+    trusted: Vec<IpNet>,
+    trusted_hops: usize,
+    pub xff: XffMode,
+    pub real_ip: bool,
+    pub proto: ProtoMode,
+    pub forwarded_host: bool,
+    pub forwarded_port: bool,
+    pub forwarded: bool,
+    pub redirect: Option<Redirect>,
+    pub hsts: Option<Hsts>,
+    pub served_by: Option<ServedBy>,
+}
+
+/// One year: HSTS preload lists demand at least this.
+const PRELOAD_MIN_AGE: u64 = 31_536_000;
+
+impl ForwardedPolicy {
+    pub fn from_json(json: &[u8]) -> Result<Self, ConfigError> {
+        let c: ForwardedConfig = parse_config(json)?;
+        let mut trusted = Vec::with_capacity(c.trusted_proxies.len());
+        for (i, t) in c.trusted_proxies.iter().enumerate() {
+            let net = t.parse::<IpNet>().or_else(|_| t.parse::<IpAddr>().map(IpNet::from)).map_err(|_| {
+                ConfigError::at(
+                    format!("trusted_proxies[{i}]"),
+                    format!("{t:?} is not an IP address or CIDR (e.g. \"10.0.0.0/8\", \"::1\")"),
+                )
+            })?;
+            trusted.push(net.trunc());
+        }
+        let redirect = match c.https_redirect {
+            None => None,
+            Some(r) => {
+                if r.port == 0 {
+                    return Err(ConfigError::at("https_redirect.port", "must be a port number (1-65535)"));
+                }
+                let mut exempt = Vec::new();
+                for (i, p) in r.exempt_prefixes.iter().enumerate() {
+                    let at = format!("https_redirect.exempt_prefixes[{i}]");
+                    exempt.push(
+                        RequestMatch::from_config(Some(p), None, None, &at, true)
+                            .map_err(|e| ConfigError::at(at.clone(), e.message().to_string()))?,
+                    );
+                }
+                Some(Redirect { port: r.port, exempt })
+            }
+        };
+        let hsts = match c.hsts {
+            None => None,
+            Some(h) => {
+                let age = h.max_age.as_duration().as_secs();
+                if h.preload && !(h.include_subdomains && age >= PRELOAD_MIN_AGE) {
+                    return Err(ConfigError::at(
+                        "hsts.preload",
+                        "preload requires include_subdomains and a max_age of at least 1 year (365d), as the preload list does",
+                    ));
+                }
+                let mut value = format!("max-age={age}");
+                if h.include_subdomains {
+                    value.push_str("; includeSubDomains");
+                }
+                if h.preload {
+                    value.push_str("; preload");
+                }
+                Some(Hsts { value, override_upstream: h.override_upstream })
+            }
+        };
+        let served_by = match c.served_by {
+            None => None,
+            Some(s) => {
+                let ok = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-';
+                if s.header.is_empty() || !s.header.chars().all(ok) {
+                    return Err(ConfigError::at(
+                        "served_by.header",
+                        format!("{:?} is not a lower-case header name", s.header),
+                    ));
+                }
+                Some(ServedBy { nodes: s.nodes, header: s.header })
+            }
+        };
+        Ok(ForwardedPolicy {
+            trusted,
+            trusted_hops: c.trusted_hops,
+            xff: c.xff,
+            real_ip: c.real_ip,
+            proto: c.proto,
+            forwarded_host: c.forwarded_host,
+            forwarded_port: c.forwarded_port,
+            forwarded: c.forwarded,
+            redirect,
+            hsts,
+            served_by,
+        })
+    }
+
+    fn is_trusted(&self, ip: &IpAddr) -> bool {
+        let ip = canonical(*ip);
+        self.trusted.iter().any(|n| n.contains(&ip))
+    }
+
+    /// Whether forwarding headers from this peer are believed.
+    pub fn peer_trusted(&self, peer: &IpAddr) -> bool {
+        self.trusted_hops > 0 || self.is_trusted(peer)
+    }
+
+    /// The client: walk `X-Forwarded-For` + peer from the right, skip `trusted_hops` entries,
+    /// then every trusted proxy; the first other address is the client. An unparsable entry
+    /// stops the walk (whoever wrote it is not trusted to have written the rest).
+    pub fn client(&self, xff: &[IpAddr], peer: IpAddr) -> IpAddr {
+        let chain: Vec<IpAddr> = xff.iter().copied().chain(std::iter::once(peer)).collect();
+        let mut i = chain.len() - 1;
+        let mut skipped = 0;
+        while i > 0 {
+            let here = chain.get(i).copied().unwrap_or(peer);
+            let trusted_here = skipped < self.trusted_hops || self.is_trusted(&here);
+            if !trusted_here {
+                break;
+            }
+            skipped += 1;
+            i -= 1;
+        }
+        chain.get(i).copied().map(canonical).unwrap_or(peer)
+    }
+
+    /// Whether a plain-http request for this path is redirected.
+    pub fn redirects(&self, path: &[u8]) -> bool {
+        self.redirect.as_ref().is_some_and(|r| {
+            let p = path_without_query(path);
+            !r.exempt.iter().any(|m| m.matches(b"", p))
+        })
+    }
+}
+
+/// IPv4-mapped IPv6 (`::ffff:1.2.3.4`) is the IPv4 address.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// Parses `X-Forwarded-For` values (every line, comma-separated). `None` if any entry is not
+/// an address (with or without port, IPv6 optionally bracketed): such a chain is not used.
+pub fn parse_xff(lines: &[&[u8]]) -> Option<Vec<IpAddr>> {
+    let mut out = Vec::new();
+    for line in lines {
+        let text = std::str::from_utf8(line).ok()?;
+        for entry in text.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+            out.push(parse_addr(entry)?);
+        }
+    }
+    Some(out)
+}
+
+fn parse_addr(entry: &str) -> Option<IpAddr> {
+    if let Ok(ip) = entry.parse::<IpAddr>() {
+        return Some(ip);
+    }
+    if let Ok(sa) = entry.parse::<SocketAddr>() {
+        return Some(sa.ip());
+    }
+    entry.strip_prefix('[').and_then(|e| e.strip_suffix(']')).and_then(|e| e.parse().ok())
+}
+
+/// An RFC 7239 node: IPv4 bare, IPv6 quoted and bracketed (`"[2001:db8::1]"`).
+pub fn forwarded_node(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => format!("\"[{v6}]\""),
+    }
+}
+
+/// An RFC 7239 element: `for=...;proto=...;host=...` (host quoted when it has a port or other
+/// characters outside a token).
+pub fn forwarded_element(client: IpAddr, proto: &str, host: Option<&str>) -> String {
+    let mut e = format!("for={};proto={proto}", forwarded_node(client));
+    if let Some(h) = host {
+        let token = h.chars().all(|c| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c));
+        if token {
+            e.push_str(&format!(";host={h}"));
+        } else {
+            e.push_str(&format!(";host=\"{}\"", h.replace('\\', "\\\\").replace('"', "\\\"")));
+        }
+    }
+    e
+}
+
+/// The https URL to redirect to: same host (its port replaced), path and query.
+pub fn redirect_location(authority: &str, path: &str, port: u16) -> String {
+    let host = strip_port(authority);
+    if port == 443 {
+        format!("https://{host}{path}")
+    } else {
+        format!("https://{host}:{port}{path}")
+    }
+}
+
+fn strip_port(authority: &str) -> &str {
+    if authority.starts_with('[') {
+        return authority.split_inclusive(']').next().unwrap_or(authority);
+    }
+    authority.rsplit_once(':').filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit())).map_or(authority, |(h, _)| h)
+}
+
+/// 301 for GET and HEAD; 308 otherwise, so the method and body are kept.
+pub fn redirect_status(method: &[u8]) -> u32 {
+    if method == b"GET" || method == b"HEAD" {
+        301
+    } else {
+        308
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn policy(json: &str) -> ForwardedPolicy {
+        ForwardedPolicy::from_json(json.as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn client_is_the_rightmost_untrusted_address() {
+        let p = policy(r#"{"trusted_proxies": ["10.0.0.0/8", "::1"]}"#);
+        let cases: &[(&[&str], &str, &str)] = &[
+            (&[], "203.0.113.7", "203.0.113.7"),
+            (&["1.2.3.4"], "203.0.113.7", "203.0.113.7"), // untrusted peer: its claims are ignored
+            (&["198.51.100.1"], "10.1.2.3", "198.51.100.1"),
+            (&["1.2.3.4", "198.51.100.1", "10.9.9.9"], "10.1.2.3", "198.51.100.1"),
+            (&["10.0.0.1", "10.0.0.2"], "10.1.2.3", "10.0.0.1"), // everyone trusted: the left-most
+            (&["2001:db8::5"], "::1", "2001:db8::5"),
+            (&["198.51.100.1"], "::ffff:10.1.2.3", "198.51.100.1"),
+        ];
+        for &(xff, peer, want) in cases {
+            let xff: Vec<IpAddr> = xff.iter().map(|s| ip(s)).collect();
+            assert_eq!(p.client(&xff, ip(peer)), ip(want), "{xff:?} via {peer}");
+        }
+        let hops = policy(r#"{"trusted_hops": 1}"#);
+        assert_eq!(hops.client(&[ip("1.2.3.4"), ip("198.51.100.1")], ip("192.0.2.1")), ip("198.51.100.1"));
+        assert_eq!(hops.client(&[], ip("192.0.2.1")), ip("192.0.2.1"));
+        assert!(hops.peer_trusted(&ip("192.0.2.1")));
+        assert!(!p.peer_trusted(&ip("192.0.2.1")) && p.peer_trusted(&ip("10.255.0.1")));
+    }
+
+    #[test]
+    fn xff_parsing() {
+        assert_eq!(parse_xff(&[b"1.2.3.4, 2001:db8::1", b"[2001:db8::2]:443, 5.6.7.8:80"]).unwrap().len(), 4);
+        assert_eq!(parse_xff(&[]), Some(vec![]));
+        assert_eq!(parse_xff(&[b"1.2.3.4, unknown"]), None);
+        assert_eq!(parse_xff(&[b"\xff"]), None);
+        assert_eq!(parse_xff(&[b" , ,"]), Some(vec![]));
+    }
+
+    #[test]
+    fn rfc7239_quoting() {
+        assert_eq!(
+            forwarded_element(ip("192.0.2.43"), "https", Some("example.com")),
+            "for=192.0.2.43;proto=https;host=example.com"
+        );
+        assert_eq!(
+            forwarded_element(ip("2001:db8:cafe::17"), "http", Some("example.com:8080")),
+            "for=\"[2001:db8:cafe::17]\";proto=http;host=\"example.com:8080\""
+        );
+        assert_eq!(forwarded_element(ip("::1"), "http", None), "for=\"[::1]\";proto=http");
+    }
+
+    #[test]
+    fn redirects() {
+        let p = policy(r#"{"https_redirect": {}}"#);
+        assert!(p.redirects(b"/project/1?x"));
+        assert!(!p.redirects(b"/.well-known/acme-challenge/token"));
+        assert_eq!(redirect_location("example.org:80", "/a?b=1", 443), "https://example.org/a?b=1");
+        assert_eq!(redirect_location("example.org", "/", 8443), "https://example.org:8443/");
+        assert_eq!(redirect_location("[::1]:8080", "/x", 8443), "https://[::1]:8443/x");
+        assert_eq!(redirect_status(b"GET"), 301);
+        assert_eq!(redirect_status(b"HEAD"), 301);
+        assert_eq!(redirect_status(b"POST"), 308);
+        assert!(!policy("{}").redirects(b"/"));
+    }
+
+    #[test]
+    fn hsts_values_and_rules() {
+        let p = policy(r#"{"hsts": {"max_age": "730d", "include_subdomains": true, "preload": true}}"#);
+        assert_eq!(p.hsts.unwrap().value, "max-age=63072000; includeSubDomains; preload");
+        let cases: &[(&str, &str)] = &[
+            (r#"{"hsts": {"max_age": "730d", "preload": true}}"#, "hsts.preload: preload requires include_subdomains"),
+            (r#"{"hsts": {"max_age": "30d", "include_subdomains": true, "preload": true}}"#, "hsts.preload"),
+            (r#"{"hsts": {"max_age": 63072000}}"#, "hsts.max_age: invalid duration 63072000: a unit is required"),
+            (
+                r#"{"trusted_proxies": ["10.0.0.0/33"]}"#,
+                "trusted_proxies[0]: \"10.0.0.0/33\" is not an IP address or CIDR",
+            ),
+            (r#"{"trusted_proxies": ["proxy.local"]}"#, "trusted_proxies[0]"),
+            (r#"{"xff": "prepend"}"#, "xff: unknown variant `prepend`"),
+            (r#"{"proto": "HTTPS"}"#, "proto: unknown variant `HTTPS`"),
+            (r#"{"https_redirect": {"port": 0}}"#, "https_redirect.port: must be a port number"),
+            (
+                r#"{"https_redirect": {"exempt_prefixes": ["x"]}}"#,
+                "https_redirect.exempt_prefixes[0]: \"x\" must start with \"/\"",
+            ),
+            (
+                r#"{"served_by": {"nodes": [{"name": "a", "address": "10.0.0.1:80"}], "header": "X-Served-By"}}"#,
+                "served_by.header",
+            ),
+            (r#"{"forward": true}"#, "unknown field `forward`"),
+        ];
+        for &(json, want) in cases {
+            let err = ForwardedPolicy::from_json(json.as_bytes()).unwrap_err().to_string();
+            assert!(err.contains(want), "{json}\n  got:  {err}\n  want: {want}");
+        }
+    }
+}
