@@ -302,12 +302,23 @@ pub struct Envoy {
 
 impl Envoy {
     pub fn start(config: &EnvoyConfig) -> Envoy {
-        Envoy::start_yaml(&config.yaml(), &[])
+        Envoy::start_with_env(config, &[])
     }
 
     /// Starts Envoy with extra environment variables (e.g. keys for `host_env_keys`).
+    ///
+    /// With health checks on, also waits until every endpoint is healthy: Envoy is `/ready`
+    /// once the first round of checks has *finished*, and on a busy machine that round can time
+    /// out (the main thread is compiling Wasm), which would leave every node marked unhealthy for
+    /// the first requests and let the load balancer ignore the session header.
     pub fn start_with_env(config: &EnvoyConfig, env: &[(&str, &str)]) -> Envoy {
-        Envoy::start_yaml(&config.yaml(), env)
+        let envoy = Envoy::start_yaml(&config.yaml(), env);
+        if config.health_checks {
+            for addr in &config.endpoints {
+                envoy.wait_for_endpoint_health(*addr, true);
+            }
+        }
+        envoy
     }
 
     pub fn start_yaml(yaml: &str, env: &[(&str, &str)]) -> Envoy {
@@ -323,7 +334,15 @@ impl Envoy {
             .arg(&admin_path)
             .arg("--log-path")
             .arg(&log_path)
-            .args(["--use-dynamic-base-id", "--concurrency", "1", "-l", "info", "--component-log-level", "wasm:debug"])
+            .args([
+                "--use-dynamic-base-id",
+                "--concurrency",
+                "1",
+                "-l",
+                "info",
+                "--component-log-level",
+                "wasm:debug,hc:debug,upstream:debug",
+            ])
             // Flush the log often so tests can poll it.
             .args(["--file-flush-interval-msec", "20"])
             .current_dir(repo_root())
@@ -390,13 +409,16 @@ impl Envoy {
 
     /// Waits until Envoy's health checking sees `node` as healthy (`true`) or not.
     pub fn wait_for_health(&self, node: &TestNode, healthy: bool) {
-        let what =
-            format!("Envoy to see {} ({}) as {}", node.name, node.addr, if healthy { "healthy" } else { "unhealthy" });
+        self.wait_for_endpoint_health(node.addr, healthy);
+    }
+
+    fn wait_for_endpoint_health(&self, addr: SocketAddr, healthy: bool) {
+        let what = format!("Envoy to see {addr} as {}", if healthy { "healthy" } else { "unhealthy" });
         wait_for(&what, Duration::from_secs(10), || {
             let (_, body) = admin_get(self.admin, "/clusters").ok()?;
             let flags = body
                 .lines()
-                .find(|l| l.starts_with(&format!("nodes::{}::health_flags::", node.addr)))?
+                .find(|l| l.starts_with(&format!("nodes::{addr}::health_flags::")))?
                 .rsplit("::")
                 .next()?
                 .to_string();
