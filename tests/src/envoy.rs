@@ -334,15 +334,10 @@ impl Envoy {
             .arg(&admin_path)
             .arg("--log-path")
             .arg(&log_path)
-            .args([
-                "--use-dynamic-base-id",
-                "--concurrency",
-                "1",
-                "-l",
-                "info",
-                "--component-log-level",
-                "wasm:debug,hc:debug,upstream:debug",
-            ])
+            .args(["--use-dynamic-base-id", "--concurrency", "1", "-l", "info", "--component-log-level"])
+            // Tests want the filters' debug lines and health-check events; the bench sets
+            // TETHER_ENVOY_COMPONENT_LOG=wasm:info so logging does not weigh on its figures.
+            .arg(std::env::var("TETHER_ENVOY_COMPONENT_LOG").unwrap_or_else(|_| "wasm:debug,hc:debug".into()))
             // Flush the log often so tests can poll it.
             .args(["--file-flush-interval-msec", "20"])
             .current_dir(repo_root())

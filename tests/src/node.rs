@@ -78,6 +78,18 @@ fn node_bin() -> std::path::PathBuf {
     })
 }
 
+/// `node-1`, `node-2`, `node-3`.
+pub fn three_nodes() -> Vec<TestNode> {
+    vec![TestNode::start("node-1"), TestNode::start("node-2"), TestNode::start("node-3")]
+}
+
+/// The nodes table for these nodes, as filter JSON: `[{"name": ..., "address": ...}, ...]`.
+pub fn nodes_json(nodes: &[TestNode]) -> String {
+    let entries: Vec<String> =
+        nodes.iter().map(|n| format!(r#"{{"name": "{}", "address": "{}"}}"#, n.name, n.addr)).collect();
+    format!("[{}]", entries.join(", "))
+}
+
 impl TestNode {
     /// Kills the node process (SIGKILL): its port refuses connections from now on.
     pub fn kill(&mut self) {

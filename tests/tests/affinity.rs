@@ -9,15 +9,7 @@ use tether_e2e::{curl, self_signed_cert, Envoy, EnvoyConfig, ScratchDir, TestNod
 const HEADER: &str = "x-tether-session";
 const KEY: &str = "e2e-test-key-0123456789abcdef";
 
-fn nodes() -> Vec<TestNode> {
-    vec![TestNode::start("node-1"), TestNode::start("node-2"), TestNode::start("node-3")]
-}
-
-fn nodes_json(nodes: &[TestNode]) -> String {
-    let entries: Vec<String> =
-        nodes.iter().map(|n| format!(r#"{{"name": "{}", "address": "{}"}}"#, n.name, n.addr)).collect();
-    format!("[{}]", entries.join(", "))
-}
+use tether_e2e::node::{nodes_json, three_nodes as nodes};
 
 fn signed(nodes: &[TestNode], extra: &str) -> String {
     format!(r#"{{"nodes": {}, "cookie": {{"keys": ["{KEY}"]{extra}}}}}"#, nodes_json(nodes))
@@ -336,4 +328,19 @@ fn several_cookie_header_lines() {
             echoed_headers(&r).into_iter().filter(|(n, _)| n == "cookie").map(|(_, v)| v).collect();
         assert_eq!(cookies, vec!["lang=en; theme=dark".to_string()]);
     }
+}
+
+/// HAProxy `preserve`: when the application sets a cookie of our name, it wins.
+#[test]
+fn preserve_leaves_the_applications_own_cookie_alone() {
+    let n = nodes();
+    let envoy = envoy_with(&n, vec![WasmFilter::new("affinity", &signed(&n, r#", "preserve": true"#))]);
+    let app = ("x-test-response-header", "set-cookie: SERVERID=app-value; Path=/");
+    let r = get(&envoy, "/", &[app]);
+    assert_eq!(r.all("set-cookie"), vec!["SERVERID=app-value; Path=/"]);
+    // Without the application's cookie, ours is set as usual.
+    assert!(our_cookie(&get(&envoy, "/", &[])).is_some());
+    // And without preserve, ours is added as well.
+    let envoy = envoy_with(&n, vec![WasmFilter::new("affinity", &signed(&n, ""))]);
+    assert_eq!(get(&envoy, "/", &[app]).all("set-cookie").len(), 2);
 }

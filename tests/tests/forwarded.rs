@@ -186,3 +186,16 @@ fn claiming_to_be_the_trusted_proxy_in_xff_earns_no_trust() {
     assert_eq!(one(&r, "x-real-ip"), "127.0.0.1");
     assert_eq!(one(&r, "x-forwarded-proto"), "http");
 }
+
+#[test]
+fn an_upstreams_own_hsts_is_left_alone_unless_overridden() {
+    let own = ["-H", "x-test-response-header: strict-transport-security: max-age=60"];
+    let s = setup(r#", "hsts": {"max_age": "365d"}"#, false);
+    let tls = s.envoy.listener_named("tls").unwrap();
+    let r = curl(&["-k", own[0], own[1], &format!("https://{tls}/x")], None);
+    assert_eq!(r.header("strict-transport-security"), Some("max-age=60"));
+    let s = setup(r#", "hsts": {"max_age": "365d", "override_upstream": true}"#, false);
+    let tls = s.envoy.listener_named("tls").unwrap();
+    let r = curl(&["-k", own[0], own[1], &format!("https://{tls}/x")], None);
+    assert_eq!(r.header("strict-transport-security"), Some("max-age=31536000"));
+}

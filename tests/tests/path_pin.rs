@@ -55,9 +55,7 @@ fn cluster() -> Cluster {
 
 impl Cluster {
     fn nodes_json(&self) -> String {
-        let entries: Vec<String> =
-            self.nodes.iter().map(|n| format!(r#"{{"name": "{}", "address": "{}"}}"#, n.name, n.addr)).collect();
-        format!("[{}]", entries.join(", "))
+        tether_e2e::node::nodes_json(&self.nodes)
     }
 
     fn pin_config(&self, node: &str) -> String {
@@ -86,18 +84,31 @@ impl Cluster {
 #[test]
 fn git_clone_and_push_through_envoy_reach_the_sibling_node() {
     let c = cluster();
-    let envoy = c.envoy(false);
+    // The Overleaf chain: path-pin before affinity. A browser holds a session cookie for a
+    // node other than node-1, and git sends it along (as a git credential helper or a shared
+    // cookie jar would): git must still reach node-1, and the session must not move.
+    let refs: Vec<&TestNode> = c.nodes.iter().collect();
+    let affinity = format!(r#"{{"nodes": {}, "cookie": {{"keys": ["path-pin-e2e-key-0123456789"]}}}}"#, c.nodes_json());
+    let filters = vec![WasmFilter::new("path-pin", &c.pin_config("node-1")), WasmFilter::new("affinity", &affinity)];
+    let envoy = Envoy::start(&EnvoyConfig::new(filters, &refs).with_routing(HEADER));
+    let cookie = loop {
+        let r = tether_e2e::http::request(envoy.listener, "GET", "/", &[]).unwrap();
+        if r.header("x-node") != Some("node-1") {
+            break r.header("set-cookie").unwrap().split(';').next().unwrap().to_string();
+        }
+    };
+    let with_cookie = format!("http.extraHeader=Cookie: {cookie}");
     let work = ScratchDir::new("clones");
     let url = envoy.url("/git/repo.git");
     for i in 0..10 {
-        git_ok(&work.path, &["clone", "-q", &url, &format!("clone-{i}")]);
+        git_ok(&work.path, &["-c", &with_cookie, "clone", "-q", &url, &format!("clone-{i}")]);
         assert!(work.join(&format!("clone-{i}/main.tex")).exists(), "clone {i} is incomplete");
     }
     let clone = work.join("clone-0");
     std::fs::write(clone.join("chapter.tex"), "Hello from a push through Envoy\n").unwrap();
     git_ok(&clone, &["add", "chapter.tex"]);
     git_ok(&clone, &["commit", "-q", "-m", "second"]);
-    git_ok(&clone, &["push", "-q", "origin", "main"]);
+    git_ok(&clone, &["-c", &with_cookie, "push", "-q", "origin", "main"]);
     git_ok(&work.path, &["clone", "-q", &url, "after-push"]);
     assert!(work.join("after-push/chapter.tex").exists(), "the pushed commit is not in a fresh clone");
 
@@ -108,6 +119,8 @@ fn git_clone_and_push_through_envoy_reach_the_sibling_node() {
     }
     assert_eq!(envoy.stat("wasmcustom.tether_path_pin.pinned.git"), git_requests as u64);
     assert_eq!(envoy.stat("wasmcustom.tether_path_pin.pinned_node_did_not_serve"), 0);
+    assert_eq!(envoy.stat("wasmcustom.tether_affinity.redispatched"), 0, "git traffic never moves the session");
+    assert_eq!(envoy.stat("wasmcustom.tether_affinity.pinned"), 0, "affinity left every git request alone");
 }
 
 #[test]

@@ -7,15 +7,7 @@ use tether_e2e::{wait_for, Envoy, EnvoyConfig, TestNode, WasmFilter};
 
 const HEADER: &str = "x-tether-session";
 
-fn nodes() -> Vec<TestNode> {
-    vec![TestNode::start("node-1"), TestNode::start("node-2"), TestNode::start("node-3")]
-}
-
-fn nodes_json(nodes: &[TestNode]) -> String {
-    let entries: Vec<String> =
-        nodes.iter().map(|n| format!(r#"{{"name": "{}", "address": "{}"}}"#, n.name, n.addr)).collect();
-    format!("[{}]", entries.join(", "))
-}
+use tether_e2e::node::{nodes_json, three_nodes as nodes};
 
 fn config(nodes: &[TestNode]) -> String {
     format!(r#"{{"nodes": {}, "prefixes": ["/project/"], "depth": 2, "failover_cooldown": "2s"}}"#, nodes_json(nodes))

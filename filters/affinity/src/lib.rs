@@ -6,7 +6,7 @@
 //! session whose node did not serve is moved there (redispatch), and last-seen is refreshed
 //! once per refresh interval.
 
-use log::{debug, error, info, warn};
+use log::{debug, warn};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel};
 use std::cell::Cell;
@@ -15,7 +15,7 @@ use std::time::UNIX_EPOCH;
 use tether_core::affinity::{AffinityPolicy, CookieState, SetReason};
 use tether_core::cookie;
 use tether_core::routing::{decided_earlier, ROUTED_BY_PROPERTY, UPSTREAM_ADDRESS_PROPERTY};
-use tether_glue::{host_env_var, property, set_property, Counter};
+use tether_glue::{configure, host_env_var, property, set_property, Counter};
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Trace);
@@ -68,21 +68,13 @@ impl Context for AffinityRoot {}
 impl RootContext for AffinityRoot {
     fn on_configure(&mut self, _size: usize) -> bool {
         let json = self.get_plugin_configuration().unwrap_or_default();
-        match AffinityPolicy::from_json(&json, host_env_var) {
-            Ok(policy) => {
-                info!("affinity: configured: {}", policy.summary());
-                self.shared = Some(Rc::new(Shared {
-                    policy,
-                    metrics: Metrics::define(),
-                    warned_unknown_upstream: Cell::new(false),
-                }));
-                true
-            }
-            Err(e) => {
-                error!("affinity: invalid configuration: {e}");
-                false
-            }
-        }
+        let parse = |json: &[u8]| AffinityPolicy::from_json(json, host_env_var);
+        let Some(policy) = configure("affinity", &json, parse, AffinityPolicy::summary) else {
+            return false;
+        };
+        self.shared =
+            Some(Rc::new(Shared { policy, metrics: Metrics::define(), warned_unknown_upstream: Cell::new(false) }));
+        true
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {

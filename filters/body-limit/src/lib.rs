@@ -5,7 +5,7 @@
 //! and `:path` only when a rule needs them, plus `content-length`; none per body chunk
 //! unless the chunk is refused.
 
-use log::{debug, error, info};
+use log::debug;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel};
 use std::rc::Rc;
@@ -13,7 +13,7 @@ use tether_core::body_limit::{
     check_headers, parse_content_length, rejection, BodyCounter, BodyLimitPolicy, DeclaredLength, HeadersVerdict,
     Limit, Reason,
 };
-use tether_glue::Counter;
+use tether_glue::{configure, Counter};
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Trace);
@@ -55,19 +55,12 @@ impl Context for BodyLimitRoot {}
 impl RootContext for BodyLimitRoot {
     fn on_configure(&mut self, _size: usize) -> bool {
         let json = self.get_plugin_configuration().unwrap_or_default();
-        match BodyLimitPolicy::from_json(&json) {
-            Ok(policy) => {
-                info!("body-limit: configured: {}", policy.summary());
-                self.policy = Some(Rc::new(policy));
-                self.metrics = Rc::new(Metrics::define());
-                true
-            }
-            Err(e) => {
-                // Envoy refuses the whole config (also under --mode validate).
-                error!("body-limit: invalid configuration: {e}");
-                false
-            }
-        }
+        let Some(policy) = configure("body-limit", &json, BodyLimitPolicy::from_json, BodyLimitPolicy::summary) else {
+            return false;
+        };
+        self.policy = Some(Rc::new(policy));
+        self.metrics = Rc::new(Metrics::define());
+        true
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {

@@ -228,6 +228,20 @@ impl ForwardedPolicy {
         })
     }
 
+    /// One line for the log when the configuration is accepted.
+    pub fn summary(&self) -> String {
+        format!(
+            "{} trusted proxy range(s), {} trusted hop(s), xff {:?}, proto {:?}, redirect {}, hsts {}, served_by {}",
+            self.trusted.len(),
+            self.trusted_hops,
+            self.xff,
+            self.proto,
+            self.redirect.as_ref().map_or("off".to_string(), |r| format!("to port {}", r.port)),
+            self.hsts.as_ref().map_or("off", |h| h.value.as_str()),
+            self.served_by.as_ref().map_or("off", |s| s.header.as_str()),
+        )
+    }
+
     fn is_trusted(&self, ip: &IpAddr) -> bool {
         let ip = canonical(*ip);
         self.trusted.iter().any(|n| n.contains(&ip))

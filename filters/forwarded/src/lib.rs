@@ -6,7 +6,6 @@
 //! `connection.tls_version`, `destination.port`, then one call per header written (XFF,
 //! X-Real-IP, X-Forwarded-Proto/-Host/-Port, Forwarded) and one per forged header removed.
 
-use log::{error, info};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel};
 use std::net::{IpAddr, SocketAddr};
@@ -15,7 +14,7 @@ use tether_core::forwarded::{
     forwarded_element, parse_xff, redirect_location, redirect_status, ForwardedPolicy, ProtoMode, XffMode,
 };
 use tether_core::routing::UPSTREAM_ADDRESS_PROPERTY;
-use tether_glue::{property, Counter};
+use tether_glue::{configure, property, Counter};
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Trace);
@@ -46,21 +45,15 @@ impl Context for ForwardedRoot {}
 impl RootContext for ForwardedRoot {
     fn on_configure(&mut self, _size: usize) -> bool {
         let json = self.get_plugin_configuration().unwrap_or_default();
-        match ForwardedPolicy::from_json(&json) {
-            Ok(policy) => {
-                info!("forwarded: configured");
-                let metrics = Metrics {
-                    forged_discarded: Counter::define("tether_forwarded.forged_discarded"),
-                    redirects: Counter::define("tether_forwarded.redirects"),
-                };
-                self.shared = Some(Rc::new(Shared { policy, metrics }));
-                true
-            }
-            Err(e) => {
-                error!("forwarded: invalid configuration: {e}");
-                false
-            }
-        }
+        let Some(policy) = configure("forwarded", &json, ForwardedPolicy::from_json, ForwardedPolicy::summary) else {
+            return false;
+        };
+        let metrics = Metrics {
+            forged_discarded: Counter::define("tether_forwarded.forged_discarded"),
+            redirects: Counter::define("tether_forwarded.redirects"),
+        };
+        self.shared = Some(Rc::new(Shared { policy, metrics }));
+        true
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {

@@ -91,3 +91,24 @@ pub fn shared_data(key: &str) -> (Option<Vec<u8>>, Option<u32>) {
 pub fn set_shared_data(key: &str, value: &[u8], cas: Option<u32>) -> bool {
     hostcalls::set_shared_data(key, Some(value), cas).is_ok()
 }
+
+/// Parses a filter's configuration in `on_configure`: one info line with `summary` when it is
+/// accepted; one error line naming the field when not, after which the filter returns `false`
+/// and Envoy refuses the configuration (also under `--mode validate`).
+pub fn configure<T, E: std::fmt::Display>(
+    filter: &str,
+    json: &[u8],
+    parse: impl FnOnce(&[u8]) -> Result<T, E>,
+    summary: impl FnOnce(&T) -> String,
+) -> Option<T> {
+    match parse(json) {
+        Ok(policy) => {
+            log::info!("{filter}: configured: {}", summary(&policy));
+            Some(policy)
+        }
+        Err(e) => {
+            log::error!("{filter}: invalid configuration: {e}");
+            None
+        }
+    }
+}

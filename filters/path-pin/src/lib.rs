@@ -6,13 +6,13 @@
 //! more (set the header, mark the request) and the rule's counter; on the response one call to
 //! strip the session header Envoy writes back, plus `upstream.address` for pinned requests.
 
-use log::{debug, error, info};
+use log::debug;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel};
 use std::rc::Rc;
 use tether_core::path_pin::PathPinPolicy;
 use tether_core::routing::{decided_earlier, served, Served, ROUTED_BY_PROPERTY, UPSTREAM_ADDRESS_PROPERTY};
-use tether_glue::{property, set_property, Counter};
+use tether_glue::{configure, property, set_property, Counter};
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Trace);
@@ -39,26 +39,20 @@ impl Context for PathPinRoot {}
 impl RootContext for PathPinRoot {
     fn on_configure(&mut self, _size: usize) -> bool {
         let json = self.get_plugin_configuration().unwrap_or_default();
-        match PathPinPolicy::from_json(&json) {
-            Ok(policy) => {
-                info!("path-pin: configured: {}", policy.summary());
-                let metrics = Metrics {
-                    pinned: policy
-                        .rules()
-                        .iter()
-                        .map(|r| Counter::define(&format!("tether_path_pin.pinned.{}", r.name)))
-                        .collect(),
-                    client_session_header_removed: Counter::define("tether_path_pin.client_session_header_removed"),
-                    pinned_node_did_not_serve: Counter::define("tether_path_pin.pinned_node_did_not_serve"),
-                };
-                self.shared = Some(Rc::new((policy, metrics)));
-                true
-            }
-            Err(e) => {
-                error!("path-pin: invalid configuration: {e}");
-                false
-            }
-        }
+        let Some(policy) = configure("path-pin", &json, PathPinPolicy::from_json, PathPinPolicy::summary) else {
+            return false;
+        };
+        let metrics = Metrics {
+            pinned: policy
+                .rules()
+                .iter()
+                .map(|r| Counter::define(&format!("tether_path_pin.pinned.{}", r.name)))
+                .collect(),
+            client_session_header_removed: Counter::define("tether_path_pin.client_session_header_removed"),
+            pinned_node_did_not_serve: Counter::define("tether_path_pin.pinned_node_did_not_serve"),
+        };
+        self.shared = Some(Rc::new((policy, metrics)));
+        true
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {

@@ -6,14 +6,14 @@
 //! sends that node's keys to their consistent alternative, the same on every worker, instead
 //! of letting the load balancer scatter one project over every node.
 
-use log::{debug, error, info};
+use log::debug;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel};
 use std::rc::Rc;
 use std::time::UNIX_EPOCH;
 use tether_core::routing::{decided_earlier, ROUTED_BY_PROPERTY, UPSTREAM_ADDRESS_PROPERTY};
 use tether_core::uri_hash::{Choice, DownList, UriHashPolicy};
-use tether_glue::{property, set_property, set_shared_data, shared_data, Counter};
+use tether_glue::{configure, property, set_property, set_shared_data, shared_data, Counter};
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Trace);
@@ -46,24 +46,18 @@ impl Context for UriHashRoot {}
 impl RootContext for UriHashRoot {
     fn on_configure(&mut self, _size: usize) -> bool {
         let json = self.get_plugin_configuration().unwrap_or_default();
-        match UriHashPolicy::from_json(&json) {
-            Ok(policy) => {
-                info!("uri-hash: configured: {}", policy.summary());
-                let c = |name: &str| Counter::define(&format!("tether_uri_hash.{name}"));
-                let metrics = Metrics {
-                    hashed: c("hashed"),
-                    failovers: c("failovers"),
-                    routed_away: c("routed_away"),
-                    client_session_header_removed: c("client_session_header_removed"),
-                };
-                self.shared = Some(Rc::new(Shared { policy, metrics }));
-                true
-            }
-            Err(e) => {
-                error!("uri-hash: invalid configuration: {e}");
-                false
-            }
-        }
+        let Some(policy) = configure("uri-hash", &json, UriHashPolicy::from_json, UriHashPolicy::summary) else {
+            return false;
+        };
+        let c = |name: &str| Counter::define(&format!("tether_uri_hash.{name}"));
+        let metrics = Metrics {
+            hashed: c("hashed"),
+            failovers: c("failovers"),
+            routed_away: c("routed_away"),
+            client_session_header_removed: c("client_session_header_removed"),
+        };
+        self.shared = Some(Rc::new(Shared { policy, metrics }));
+        true
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {

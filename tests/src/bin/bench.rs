@@ -9,6 +9,7 @@
 
 use std::process::Command;
 use tether_e2e::http::request;
+use tether_e2e::node::{nodes_json, three_nodes};
 use tether_e2e::{Envoy, EnvoyConfig, ScratchDir, TestNode, WasmFilter};
 
 struct Load {
@@ -16,7 +17,7 @@ struct Load {
     path: &'static str,
     /// Body size for POST; 0 means GET.
     body: u64,
-    /// Send the session cookie the filter issued (affinity).
+    /// Send the session cookie the filter issued (affinity), or a forged header (forwarded).
     with_cookie: bool,
 }
 
@@ -56,11 +57,9 @@ fn measure(envoy: &Envoy, load: &Load, requests: u32, body: Option<&str>, cookie
 fn main() {
     let requests: u32 = std::env::var("BENCH_REQUESTS").ok().and_then(|v| v.parse().ok()).unwrap_or(20_000);
     let rounds: u32 = std::env::var("BENCH_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
-    let nodes = [TestNode::start("node-1"), TestNode::start("node-2"), TestNode::start("node-3")];
+    let nodes = three_nodes();
     let refs: Vec<&TestNode> = nodes.iter().collect();
-    let nodes_json: Vec<String> =
-        nodes.iter().map(|n| format!(r#"{{"name": "{}", "address": "{}"}}"#, n.name, n.addr)).collect();
-    let nodes_json = format!("[{}]", nodes_json.join(", "));
+    let nodes_json = nodes_json(&nodes);
     let files = ScratchDir::new("bench");
     let cases: Vec<(&str, String, bool, Vec<Load>)> = vec![
         (
@@ -71,6 +70,15 @@ fn main() {
             vec![
                 Load { name: "GET (no body)", path: "/upload/x", body: 0, with_cookie: false },
                 Load { name: "POST 4 KiB", path: "/upload/x", body: 4096, with_cookie: false },
+            ],
+        ),
+        (
+            "forwarded",
+            format!(r#"{{"forwarded": true, "served_by": {{"nodes": {nodes_json}}}}}"#),
+            false,
+            vec![
+                Load { name: "GET", path: "/x", body: 0, with_cookie: false },
+                Load { name: "GET forged XFF", path: "/x", body: 0, with_cookie: true },
             ],
         ),
         (
@@ -123,6 +131,9 @@ fn main() {
             let body = (load.body > 0)
                 .then(|| files.file_of_size(&format!("b{}", load.body), load.body).display().to_string());
             let cookie = load.with_cookie.then(|| {
+                if *filter == "forwarded" {
+                    return "x-forwarded-for: 1.2.3.4".to_string();
+                }
                 let r = request(filtered.listener, "GET", "/", &[]).unwrap_or_else(|e| panic!("{e}"));
                 let set = r.header("set-cookie").unwrap_or_else(|| panic!("{filter} set no cookie"));
                 format!("cookie: {}", set.split(';').next().unwrap_or_default())

@@ -14,6 +14,9 @@
 //! - Anything else: 200, header `x-node: NAME`, and the JSON echo
 //!   `{node, method, path, headers: [[name, value], ...], body_bytes}`.
 //!
+//! A request header `x-test-response-header: name: value` (repeatable) makes the node add that
+//! header to its response, so tests can play an application that sets its own cookie or HSTS.
+//!
 //! Bodies are read with `Content-Length` or chunked framing and counted, never stored.
 //! `Expect: 100-continue` is answered with `100 Continue` before the body is read.
 
@@ -148,14 +151,15 @@ fn serve_connection(stream: TcpStream, state: &State) -> io::Result<()> {
         });
         let body = serde_json::to_vec(&echo).unwrap_or_default();
         let node = state.name.clone();
-        respond(
-            &mut writer,
-            200,
-            "OK",
-            &[("content-type", "application/json"), ("x-node", &node)],
-            &body,
-            req.method == "HEAD",
-        )?;
+        let mut headers: Vec<(&str, &str)> = vec![("content-type", "application/json"), ("x-node", &node)];
+        for (n, v) in &req.headers {
+            if n == "x-test-response-header" {
+                if let Some((name, value)) = v.split_once(':') {
+                    headers.push((name.trim(), value.trim()));
+                }
+            }
+        }
+        respond(&mut writer, 200, "OK", &headers, &body, req.method == "HEAD")?;
     }
 }
 
