@@ -280,6 +280,41 @@ impl ForwardedPolicy {
     }
 }
 
+impl ForwardedPolicy {
+    /// The request's scheme for the backend: forced by `proto`, else a trusted proxy's
+    /// `X-Forwarded-Proto` (its first value, if http or https), else the connection's.
+    pub fn effective_proto(&self, trusted_forwarded_proto: Option<&[u8]>, tls: bool) -> &'static str {
+        match self.proto {
+            ProtoMode::Https => "https",
+            ProtoMode::Http => "http",
+            ProtoMode::Auto => {
+                let first = trusted_forwarded_proto
+                    .and_then(|v| v.split(|&b| b == b',').next())
+                    .map(|v| v.trim_ascii().to_ascii_lowercase());
+                match first.as_deref() {
+                    Some(b"https") => "https",
+                    Some(b"http") => "http",
+                    _ if tls => "https",
+                    _ => "http",
+                }
+            }
+        }
+    }
+
+    /// The `X-Forwarded-For` to send on, `None` to leave the header as it came (`"leave"`).
+    /// `chain` is the trusted peer's chain (empty for an untrusted peer).
+    pub fn xff_value(&self, chain: &[IpAddr], peer: IpAddr, client: IpAddr) -> Option<String> {
+        match self.xff {
+            XffMode::Append => {
+                let all: Vec<String> = chain.iter().chain(std::iter::once(&peer)).map(IpAddr::to_string).collect();
+                Some(all.join(", "))
+            }
+            XffMode::Replace => Some(client.to_string()),
+            XffMode::Leave => None,
+        }
+    }
+}
+
 /// IPv4-mapped IPv6 (`::ffff:1.2.3.4`) is the IPv4 address.
 fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
@@ -395,6 +430,26 @@ mod tests {
         assert_eq!(hops.client(&[], ip("192.0.2.1")), ip("192.0.2.1"));
         assert!(hops.peer_trusted(&ip("192.0.2.1")));
         assert!(!p.peer_trusted(&ip("192.0.2.1")) && p.peer_trusted(&ip("10.255.0.1")));
+    }
+
+    #[test]
+    fn scheme_and_xff_values() {
+        let auto = policy("{}");
+        assert_eq!(auto.effective_proto(None, false), "http");
+        assert_eq!(auto.effective_proto(None, true), "https");
+        assert_eq!(auto.effective_proto(Some(b"HTTPS, http"), false), "https");
+        assert_eq!(auto.effective_proto(Some(b"http"), true), "http");
+        assert_eq!(auto.effective_proto(Some(b"gopher"), true), "https");
+        assert_eq!(policy(r#"{"proto": "https"}"#).effective_proto(Some(b"http"), false), "https");
+        let chain = [ip("198.51.100.7")];
+        assert_eq!(
+            auto.xff_value(&chain, ip("10.0.0.1"), ip("198.51.100.7")).as_deref(),
+            Some("198.51.100.7, 10.0.0.1")
+        );
+        assert_eq!(auto.xff_value(&[], ip("::1"), ip("::1")).as_deref(), Some("::1"));
+        let replace = policy(r#"{"xff": "replace"}"#);
+        assert_eq!(replace.xff_value(&chain, ip("10.0.0.1"), ip("198.51.100.7")).as_deref(), Some("198.51.100.7"));
+        assert_eq!(policy(r#"{"xff": "leave"}"#).xff_value(&chain, ip("10.0.0.1"), ip("198.51.100.7")), None);
     }
 
     #[test]

@@ -10,9 +10,7 @@ use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel};
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
-use tether_core::forwarded::{
-    forwarded_element, parse_xff, redirect_location, redirect_status, ForwardedPolicy, ProtoMode, XffMode,
-};
+use tether_core::forwarded::{forwarded_element, parse_xff, redirect_location, redirect_status, ForwardedPolicy};
 use tether_core::routing::UPSTREAM_ADDRESS_PROPERTY;
 use tether_glue::{configure, property, Counter};
 
@@ -103,19 +101,8 @@ impl HttpContext for ForwardedRequest {
         // From a trusted peer its chain counts; an unreadable chain is nobody's word.
         let chain: Vec<IpAddr> = if trusted { parse_xff(&xff_lines).unwrap_or_default() } else { Vec::new() };
         let client = policy.client(&chain, peer);
-        let trusted_proto = if trusted { text(header(&headers, "x-forwarded-proto")) } else { None };
-        let proto = match policy.proto {
-            ProtoMode::Https => "https",
-            ProtoMode::Http => "http",
-            ProtoMode::Auto => {
-                match trusted_proto.map(|p| p.split(',').next().unwrap_or_default().trim().to_ascii_lowercase()) {
-                    Some(p) if p == "https" => "https",
-                    Some(p) if p == "http" => "http",
-                    _ if tls => "https",
-                    _ => "http",
-                }
-            }
-        };
+        let trusted_proto = if trusted { header(&headers, "x-forwarded-proto") } else { None };
+        let proto = policy.effective_proto(trusted_proto, tls);
         self.https = proto == "https";
         let path = text(header(&headers, ":path")).unwrap_or("/");
         let authority = text(header(&headers, ":authority")).unwrap_or_default();
@@ -129,19 +116,8 @@ impl HttpContext for ForwardedRequest {
             }
         }
         // X-Forwarded-For (HAProxy "option forwardfor", nginx $proxy_add_x_forwarded_for).
-        match policy.xff {
-            XffMode::Append => {
-                let mut value: Vec<u8> = Vec::new();
-                if trusted && !chain.is_empty() {
-                    let existing: Vec<String> = chain.iter().map(IpAddr::to_string).collect();
-                    value.extend_from_slice(existing.join(", ").as_bytes());
-                    value.extend_from_slice(b", ");
-                }
-                value.extend_from_slice(peer.to_string().as_bytes());
-                self.set_http_request_header_bytes("x-forwarded-for", Some(&value));
-            }
-            XffMode::Replace => self.set_http_request_header("x-forwarded-for", Some(&client.to_string())),
-            XffMode::Leave => {}
+        if let Some(xff) = policy.xff_value(&chain, peer, client) {
+            self.set_http_request_header("x-forwarded-for", Some(&xff));
         }
         if policy.real_ip {
             self.set_http_request_header("x-real-ip", Some(&client.to_string()));
