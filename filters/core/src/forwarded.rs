@@ -172,10 +172,7 @@ impl ForwardedPolicy {
                 let mut exempt = Vec::new();
                 for (i, p) in r.exempt_prefixes.iter().enumerate() {
                     let at = format!("https_redirect.exempt_prefixes[{i}]");
-                    exempt.push(
-                        RequestMatch::from_config(Some(p), None, None, &at, true)
-                            .map_err(|e| ConfigError::at(at.clone(), e.message().to_string()))?,
-                    );
+                    exempt.push(RequestMatch::prefix(p, &at)?);
                 }
                 Some(Redirect { port: r.port, exempt })
             }

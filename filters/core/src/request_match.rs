@@ -88,6 +88,13 @@ impl RequestMatch {
         Ok(RequestMatch { path, methods: list })
     }
 
+    /// A plain path prefix from a list of prefixes (uri-hash `prefixes`, forwarded
+    /// `exempt_prefixes`); errors name `at`, the list entry.
+    pub fn prefix(prefix: &str, at: &str) -> Result<RequestMatch, ConfigError> {
+        check_path(prefix, at)?;
+        Ok(RequestMatch { path: PathMatch::Prefix(prefix.as_bytes().to_vec()), methods: Vec::new() })
+    }
+
     pub fn looks_at_path(&self) -> bool {
         self.path != PathMatch::Any
     }

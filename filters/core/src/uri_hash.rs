@@ -121,10 +121,7 @@ impl UriHashPolicy {
         }
         let mut prefixes = Vec::with_capacity(c.prefixes.len());
         for (i, p) in c.prefixes.iter().enumerate() {
-            prefixes.push(
-                RequestMatch::from_config(Some(p), None, None, &format!("prefixes[{i}]"), true)
-                    .map_err(|e| ConfigError::at(format!("prefixes[{i}]"), e.message().to_string()))?,
-            );
+            prefixes.push(RequestMatch::prefix(p, &format!("prefixes[{i}]"))?);
         }
         crate::request_match::check_reachable(prefixes.iter(), |i| format!("prefixes[{i}]"))?;
         if c.nodes.len() > crate::hash::MAX_NODES {

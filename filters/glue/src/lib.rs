@@ -3,7 +3,7 @@
 
 use log::warn;
 use proxy_wasm::hostcalls;
-use proxy_wasm::types::MetricType;
+use proxy_wasm::types::{MapType, MetricType};
 
 /// A proxy-wasm counter (`wasmcustom.<name>` in Envoy's `/stats`). If the host refuses to
 /// define it, the filter keeps working and the counter stays silent.
@@ -111,4 +111,14 @@ pub fn configure<T, E: std::fmt::Display>(
             None
         }
     }
+}
+
+/// Routing contract: a session header on a request nobody in the chain has decided was sent by
+/// the client to steer it, and is never honoured. Removes it; true if there was one.
+pub fn remove_client_session_header(header: &str) -> bool {
+    let present = hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, header).ok().flatten().is_some();
+    if present {
+        let _ = hostcalls::remove_map_value(MapType::HttpRequestHeaders, header);
+    }
+    present
 }

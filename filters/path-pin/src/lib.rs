@@ -12,7 +12,7 @@ use proxy_wasm::types::{Action, ContextType, LogLevel};
 use std::rc::Rc;
 use tether_core::path_pin::PathPinPolicy;
 use tether_core::routing::{decided_earlier, served, Served, ROUTED_BY_PROPERTY, UPSTREAM_ADDRESS_PROPERTY};
-use tether_glue::{configure, property, set_property, Counter};
+use tether_glue::{configure, property, remove_client_session_header, set_property, Counter};
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Trace);
@@ -79,9 +79,7 @@ impl HttpContext for PathPinRequest {
             return Action::Continue; // the session header belongs to the filter that decided
         }
         let header = policy.session_header().name();
-        if self.get_http_request_header_bytes(header).is_some() {
-            // Nobody in the chain set it: the client did, to steer its request. Never honoured.
-            self.set_http_request_header(header, None);
+        if remove_client_session_header(header) {
             metrics.client_session_header_removed.increment();
             debug!("path-pin: removed a client-supplied {header} header");
         }

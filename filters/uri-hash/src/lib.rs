@@ -13,7 +13,9 @@ use std::rc::Rc;
 use std::time::UNIX_EPOCH;
 use tether_core::routing::{decided_earlier, ROUTED_BY_PROPERTY, UPSTREAM_ADDRESS_PROPERTY};
 use tether_core::uri_hash::{Choice, DownList, UriHashPolicy};
-use tether_glue::{configure, property, set_property, set_shared_data, shared_data, Counter};
+use tether_glue::{
+    configure, property, remove_client_session_header, set_property, set_shared_data, shared_data, Counter,
+};
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Trace);
@@ -107,8 +109,7 @@ impl HttpContext for UriHashRequest {
             return Action::Continue;
         }
         let header = policy.session_header().name();
-        if self.get_http_request_header_bytes(header).is_some() {
-            self.set_http_request_header(header, None); // forged by the client: never honoured
+        if remove_client_session_header(header) {
             metrics.client_session_header_removed.increment();
         }
         let path = self.get_http_request_header_bytes(":path").unwrap_or_default();
