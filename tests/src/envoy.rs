@@ -366,7 +366,11 @@ impl Envoy {
             _ => None,
         });
         envoy.listeners = listener_addresses(envoy.admin);
-        envoy.listener = envoy.listener_named("main").unwrap_or_else(|| panic!("no main listener"));
+        // "main" in generated configs; a sample's first listener otherwise.
+        envoy.listener = envoy
+            .listener_named("main")
+            .or_else(|| envoy.listeners.first().map(|(_, a)| *a))
+            .unwrap_or_else(|| panic!("Envoy has no listener"));
         envoy
     }
 
@@ -413,7 +417,7 @@ impl Envoy {
             let (_, body) = admin_get(self.admin, "/clusters").ok()?;
             let flags = body
                 .lines()
-                .find(|l| l.starts_with(&format!("nodes::{addr}::health_flags::")))?
+                .find(|l| l.contains(&format!("::{addr}::health_flags::")))?
                 .rsplit("::")
                 .next()?
                 .to_string();

@@ -5,8 +5,10 @@
 //! condition with a deadline; nothing sleeps and hopes.
 
 pub mod envoy;
+pub mod haproxy;
 pub mod http;
 pub mod node;
+pub mod sample;
 pub mod wait;
 
 use std::path::PathBuf;
