@@ -452,3 +452,121 @@ fn websocket(addr: SocketAddr, cookie: &str) -> (u16, String) {
     let _ = child.wait();
     (status, node)
 }
+
+/// The ShareLaTeX guide: `/project` routes by URI depth 2 (HAProxy map-based hash, Tether
+/// Maglev, so node numbers differ but the grouping must not), the rest by cookie + leastconn.
+#[test]
+fn sharelatex_guide_same_key_grouping_as_haproxy() {
+    let nodes: Vec<TestNode> = (0..3).map(|i| TestNode::start(&format!("docker-{i}"))).collect();
+    let refs: Vec<&TestNode> = nodes.iter().collect();
+    let haproxy = Haproxy::start("sharelatex", &refs);
+    let sample = Sample::load("sharelatex", &refs);
+    let envoy = sample.start(&refs);
+    let fronts = [("HAProxy", haproxy.http), ("Tether", envoy.listener)];
+    let mut t = Table::new("sharelatex");
+    let mut obs: Vec<Vec<String>> = vec![Vec::new(); 6];
+
+    // Paths of one project, as the editor and the compile service use them.
+    let project_paths = |id: &str| {
+        [
+            format!("/project/{id}"),
+            format!("/project/{id}/compile?auto_compile=true"),
+            format!("/project/{id}/output/output.pdf?cache_id=9&build=1"),
+            format!("/project/{id}/output/output.log"),
+            format!("/project/{id}/messages"),
+        ]
+    };
+    let plain_get = |addr: SocketAddr, path: &str, headers: &[(&str, &str)]| {
+        let mut args = vec!["--http1.1".to_string(), format!("http://{addr}{path}")];
+        for (n, v) in headers {
+            args.push("-H".into());
+            args.push(format!("{n}: {v}"));
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let r = curl(&args, None);
+        assert_eq!(r.status(), 200, "{path}: {r:?}");
+        r
+    };
+    let node_of = |r: &CurlResponse| r.header("x-node").unwrap_or_default().to_string();
+
+    for (label, addr) in fronts {
+        // 0-1: every path of a project on one node; 40 projects over all nodes
+        let mut per_node = std::collections::BTreeMap::new();
+        for p in 0..40 {
+            let id = format!("5f3c{p:04x}a1b2c3d4e5f6a7b8");
+            let served: Vec<String> =
+                project_paths(&id).iter().map(|path| node_of(&plain_get(addr, path, &[]))).collect();
+            assert!(served.iter().all(|n| n == &served[0]), "{label}: project {id} split over {served:?}");
+            *per_node.entry(served[0].clone()).or_insert(0) += 1;
+        }
+        assert_eq!(per_node.len(), 3, "{label}: 40 projects on {per_node:?}");
+        assert!(per_node.values().all(|&c| c >= 5), "{label}: {per_node:?}");
+        obs[0].push("all 5 paths of each of 40 projects on one node".into());
+        obs[1].push("40 projects over all 3 nodes, each ≥ 5".into());
+
+        // 2-3: other paths stick by cookie; a project path ignores the cookie
+        let first = plain_get(addr, "/login", &[]);
+        let set = first.headers.iter().find(|(n, _)| n == "set-cookie").map(|(_, v)| v.clone());
+        let cache = first.header("cache-control").unwrap_or_default().to_string();
+        let set = set.unwrap_or_else(|| panic!("{label}: no Set-Cookie on a new session"));
+        if label == "HAProxy" {
+            // The guide's server lines have no `cookie <value>`: HAProxy has nothing to insert
+            // and answers with a cookie that deletes itself. The guide's config never sticks.
+            assert!(set.starts_with("SERVERID=; Expires=Thu, 01-Jan-1970"), "{set}");
+            obs[2].push(format!("`{set}`: the guide's servers have no `cookie` value, so nothing sticks"));
+        } else {
+            let cookie = set.split(';').next().unwrap().to_string();
+            let node = node_of(&first);
+            for _ in 0..10 {
+                let r = plain_get(addr, "/user/settings", &[("cookie", &cookie)]);
+                assert_eq!(node_of(&r), node, "{label}");
+                assert!(received(&r, "cookie").is_empty(), "{label}: indirect removes the cookie");
+            }
+            assert_eq!(cache, "private", "nocache");
+            obs[2].push(format!(
+                "`{}`, `cache-control: {cache}`; 10/10 stick, the cookie never reaches the node",
+                mask(&set)
+            ));
+        }
+
+        // 4: new sessions spread (leastconn)
+        let mut counts = std::collections::BTreeMap::new();
+        for _ in 0..30 {
+            *counts.entry(node_of(&plain_get(addr, "/", &[]))).or_insert(0) += 1;
+        }
+        assert_eq!(counts.len(), 3, "{label}: {counts:?}");
+        obs[3].push("30 new clients over all 3 nodes".into());
+
+        // 5: what the backend is told
+        let r = plain_get(addr, "/", &[("x-forwarded-proto", "https")]);
+        let shown = |values: Vec<String>| {
+            if values.is_empty() {
+                "none".to_string()
+            } else {
+                format!("`{}`", values.join("` + `"))
+            }
+        };
+        obs[4].push(shown(received(&r, "x-forwarded-proto")));
+        obs[5].push(shown(received(&r, "x-forwarded-for")));
+    }
+    let scenarios = [
+        "`/project/<id>/...` (5 paths each)",
+        "spread of 40 projects",
+        "other paths: session cookie",
+        "new sessions (leastconn)",
+        "backend X-Forwarded-Proto (client sent `https`)",
+        "backend X-Forwarded-For",
+    ];
+    for (s, o) in scenarios.iter().zip(&obs) {
+        assert_eq!(o.len(), 2, "{s}: {o:?}");
+        t.row(s, o[0].clone(), o[1].clone());
+    }
+    t.write();
+}
+
+/// A Set-Cookie with its value masked.
+fn mask(set: &str) -> String {
+    let (nv, attrs) = set.split_once(';').unwrap_or((set, ""));
+    let name = nv.split('=').next().unwrap_or_default();
+    format!("{name}=…;{attrs}")
+}
