@@ -40,7 +40,8 @@ impl Sample {
         yaml = yaml.replace("port_value: 8080", "port_value: 0").replace("port_value: 8443", "port_value: 0");
         for (i, node) in nodes.iter().enumerate() {
             let port = 8001 + i;
-            yaml = replace_all(name, &yaml, &format!("\"127.0.0.1:{port}\""), &format!("\"{node}\""));
+            // The nodes table, in samples with routing filters.
+            yaml = yaml.replace(&format!("\"127.0.0.1:{port}\""), &format!("\"{node}\""));
             yaml = replace_all(name, &yaml, &format!("port_value: {port} "), &format!("port_value: {} ", node.port()));
         }
         let tls = yaml.contains("target/demo-tls/").then(|| {

@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use tether_e2e::haproxy::Haproxy;
+use tether_e2e::http::tls_websocket_handshake;
 use tether_e2e::sample::Sample;
 use tether_e2e::{curl, repo_root, CurlResponse, Envoy, ScratchDir, TestNode};
 
@@ -302,7 +303,7 @@ fn overleaf_guide_haproxy_and_envoy_behave_alike() {
         note(13, "succeeds".into());
 
         // 14: the editor's WebSocket follows the cookie
-        let (status, ws_node) = websocket(f.https, &other);
+        let (status, ws_node) = tls_websocket_handshake(f.https, &other);
         assert_eq!((status, ws_node.as_str()), (101, "server-pro-ha-2"), "{}", f.label);
         note(14, "101 from the cookie's node".into());
 
@@ -412,45 +413,6 @@ fn overleaf_guide_killed_sticky_node_haproxy_and_envoy_alike() {
     }
     t.write();
     assert!(o.envoy.error_lines().is_empty(), "{:?}", o.envoy.error_lines());
-}
-
-/// Opens a WebSocket over TLS with `openssl s_client` and returns the handshake's status and
-/// the node that answered; the process is killed as soon as the response head has arrived.
-fn websocket(addr: SocketAddr, cookie: &str) -> (u16, String) {
-    use std::io::{BufRead, BufReader, Write};
-    let mut child = Command::new("openssl")
-        .args(["s_client", "-quiet", "-connect", &addr.to_string()])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run openssl: {e}"));
-    let request = format!(
-        "GET /socket.io/ HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nCookie: {cookie}\r\n\r\n"
-    );
-    child.stdin.as_mut().unwrap().write_all(request.as_bytes()).unwrap();
-    let mut reader = BufReader::new(child.stdout.take().unwrap());
-    let (mut status, mut node) = (0, String::new());
-    let mut line = String::new();
-    while reader.read_line(&mut line).unwrap_or(0) > 0 {
-        let l = line.trim_end();
-        if l.is_empty() {
-            break;
-        }
-        if let Some(s) = l.strip_prefix("HTTP/1.1 ") {
-            status = s.split(' ').next().and_then(|c| c.parse().ok()).unwrap_or(0);
-        }
-        if let Some((n, v)) = l.split_once(':') {
-            if n.eq_ignore_ascii_case("x-node") {
-                node = v.trim().to_string();
-            }
-        }
-        line.clear();
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    (status, node)
 }
 
 /// The ShareLaTeX guide: `/project` routes by URI depth 2 (HAProxy map-based hash, Tether

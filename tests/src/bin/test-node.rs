@@ -3,7 +3,7 @@
 //! `test-node --name NAME [--port PORT]` listens on 127.0.0.1 (port 0 = any) and prints
 //! `listening 127.0.0.1:PORT` on stdout once it accepts connections.
 //!
-//! - `GET|HEAD /status`: 200, or 503 after `POST /__control/unhealthy` (`/__control/healthy` undoes it).
+//! - `GET|HEAD /status` (Overleaf's) and `/health` (Rocket.Chat's): 200, or 503 after `POST /__control/unhealthy` (`/__control/healthy` undoes it).
 //! - `GET /__control/requests`: JSON list of every request seen (control requests excluded):
 //!   `{path, method, body_bytes, state}` where state is `receiving`, `complete` or `aborted`, so a test
 //!   can see exactly how much of a body reached the node, even when the request was cut off.
@@ -103,7 +103,8 @@ fn serve_connection(stream: TcpStream, state: &State) -> io::Result<()> {
             }
             continue;
         }
-        if req.path == "/status" || req.path.starts_with("/status?") {
+        let health_path = req.path.split('?').next().unwrap_or_default();
+        if health_path == "/status" || health_path == "/health" {
             let (code, text) =
                 if state.healthy.load(Ordering::SeqCst) { (200, "OK") } else { (503, "Service Unavailable") };
             let body = if req.method == "HEAD" { "" } else { text };
