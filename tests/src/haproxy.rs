@@ -22,6 +22,16 @@ pub struct Haproxy {
     _dir: ScratchDir,
 }
 
+/// Debian installs HAProxy in /usr/sbin, which an unprivileged PATH often lacks.
+fn haproxy_bin() -> PathBuf {
+    let sbin = PathBuf::from("/usr/sbin/haproxy");
+    if sbin.exists() {
+        sbin
+    } else {
+        PathBuf::from("haproxy")
+    }
+}
+
 /// A port that was free a moment ago. HAProxy cannot report a port the OS chose, so the
 /// suite picks them; a clash makes HAProxy exit at start and [`Haproxy::start`] tries again.
 fn free_port() -> u16 {
@@ -69,7 +79,7 @@ impl Haproxy {
         let log_path = dir.join("haproxy.log");
         std::fs::write(&cfg_path, &cfg).map_err(|e| e.to_string())?;
         let log = std::fs::File::create(&log_path).map_err(|e| e.to_string())?;
-        let mut cmd = Command::new("haproxy");
+        let mut cmd = Command::new(haproxy_bin());
         cmd.arg("-db").arg("-f").arg(&cfg_path).stdout(Stdio::null()).stderr(log);
         crate::die_with_parent(&mut cmd);
         let child = cmd.spawn().unwrap_or_else(|e| panic!("cannot run haproxy (scripts/setup installs it): {e}"));

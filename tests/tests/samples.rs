@@ -112,3 +112,81 @@ fn apostrophe_round_robin_failover_and_32m_limit() {
     }
     assert!(envoy.error_lines().is_empty(), "{:?}", envoy.error_lines());
 }
+
+/// envoy/demo.yaml is envoy/overleaf.yaml plus the uri-hash filter, nothing else: the demo shows
+/// what the Overleaf sample does.
+#[test]
+fn the_demo_is_the_overleaf_sample_plus_uri_hash() {
+    let root = tether_e2e::repo_root().join("envoy");
+    let read = |name: &str| std::fs::read_to_string(root.join(name)).unwrap();
+    let without_header = |s: &str| s.lines().skip_while(|l| l.starts_with('#')).collect::<Vec<_>>().join("\n");
+    let demo = without_header(&read("demo.yaml"));
+    let start = demo.find("          # From the ShareLaTeX guide").expect("the demo's uri-hash block");
+    let end = demo[start..].find("depth: 2\n").map(|i| start + i + "depth: 2\n".len()).unwrap();
+    let demo = format!("{}{}", &demo[..start], &demo[end..]).replacen("id: tether-demo", "id: overleaf", 1);
+    assert_eq!(demo, without_header(&read("overleaf.yaml")), "envoy/demo.yaml drifted from envoy/overleaf.yaml");
+}
+
+#[test]
+fn the_demo_runs_all_five_filters() {
+    let scratch = ScratchDir::new("demo");
+    let git_root = scratch.join("git");
+    let init = std::process::Command::new("git")
+        .args(["init", "-q", "--bare", "--initial-branch=main"])
+        .arg(git_root.join("demo.git"))
+        .output()
+        .unwrap();
+    assert!(init.status.success());
+    let nodes = [
+        TestNode::start_with_git("server-pro-ha-1", &git_root),
+        TestNode::start("server-pro-ha-2"),
+        TestNode::start("server-pro-ha-3"),
+    ];
+    let refs: Vec<&TestNode> = nodes.iter().collect();
+    let sample = Sample::load("demo", &refs);
+    let envoy = sample.start(&refs);
+    let https = envoy.listener_named("https").unwrap();
+    let base = format!("https://{https}");
+
+    // forwarded: redirect from http, HSTS and X-Served-By over https
+    let redirect = call(&format!("http://{}/hello", envoy.listener_named("http").unwrap()), &[]);
+    assert_eq!(redirect.status(), 301);
+    let first = call(&format!("{base}/hello"), &[]);
+    assert_eq!(first.status(), 200);
+    assert!(first.header("strict-transport-security").is_some());
+    assert_eq!(first.header("x-served-by"), Some(node_of(&first).as_str()));
+    // affinity: the cookie keeps the session on its node
+    let cookie = first.header("set-cookie").unwrap().split(';').next().unwrap().to_string();
+    assert!(cookie.starts_with("server-pro-ha="));
+    for _ in 0..5 {
+        assert_eq!(node_of(&call(&format!("{base}/x"), &["-H", &format!("cookie: {cookie}")])), node_of(&first));
+    }
+    // uri-hash: one project, one node, whatever the cookie
+    let project: Vec<String> = ["/project/5f3c", "/project/5f3c/compile", "/project/5f3c/output/output.pdf"]
+        .iter()
+        .map(|p| node_of(&call(&format!("{base}{p}"), &["-H", &format!("cookie: {cookie}")])))
+        .collect();
+    assert!(project.iter().all(|n| n == &project[0]), "{project:?}");
+    // path-pin: git reaches server-pro-ha-1
+    let refs_path = "/git/demo.git/info/refs?service=git-upload-pack";
+    let git = call(&format!("{base}{refs_path}"), &["-H", &format!("cookie: {cookie}")]);
+    assert_eq!((git.status(), node_of(&git).as_str()), (200, "server-pro-ha-1"));
+    // body-limit: 50 MiB + 1 is refused before it reaches a node
+    let over = scratch.file_of_size("over", 50 * MIB + 1);
+    let r = call(&format!("{base}/upload"), &["--data-binary", &format!("@{}", over.display())]);
+    assert_eq!(r.status(), 413);
+    // The same over HTTP/2 (what browsers speak to this listener): the whole 413 arrives, then
+    // RST_STREAM(NO_ERROR) asks the client to stop sending, as RFC 9113 §8.1 allows. nghttp shows
+    // the frames; Debian 12's curl 7.88 wrongly reports that as error 92 and hides the answer.
+    let out = std::process::Command::new("nghttp")
+        .args(["-v", "-d"])
+        .arg(&over)
+        .arg(format!("{base}/upload"))
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run nghttp (scripts/setup installs nghttp2-client): {e}"));
+    let trace = String::from_utf8_lossy(&out.stdout);
+    assert!(trace.contains(":status: 413"), "{trace}");
+    assert!(trace.contains("\"limit_bytes\":52428800"), "the JSON body arrives: {trace}");
+    assert!(trace.contains("error_code=NO_ERROR"), "{trace}");
+    assert!(envoy.error_lines().is_empty(), "{:?}", envoy.error_lines());
+}
