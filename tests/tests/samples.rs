@@ -190,3 +190,27 @@ fn the_demo_runs_all_five_filters() {
     assert!(trace.contains("error_code=NO_ERROR"), "{trace}");
     assert!(envoy.error_lines().is_empty(), "{:?}", envoy.error_lines());
 }
+
+/// A nodes table that misses one of the cluster's endpoints is said in Envoy's log, once per
+/// filter, and counted: the mistake a hand-edited sample invites.
+#[test]
+fn a_nodes_table_missing_an_endpoint_is_logged() {
+    let nodes =
+        [TestNode::start("server-pro-ha-1"), TestNode::start("server-pro-ha-2"), TestNode::start("server-pro-ha-3")];
+    let refs: Vec<&TestNode> = nodes.iter().collect();
+    let mut sample = Sample::load("overleaf", &refs);
+    let entry = format!("    - {{ name: server-pro-ha-3, address: \"{}\" }}\n", nodes[2].addr);
+    assert!(sample.yaml.contains(&entry));
+    sample.yaml = sample.yaml.replace(&entry, "");
+    let envoy = sample.start(&refs);
+    let base = format!("https://{}", envoy.listener_named("https").unwrap());
+    // Round robin: one of three fresh clients reaches the node the table lacks.
+    for _ in 0..6 {
+        assert_eq!(call(&format!("{base}/"), &[]).status(), 200);
+    }
+    let missing = format!("upstream {} is not in the nodes table", nodes[2].addr);
+    envoy.wait_for_log(&format!("affinity: {missing}"));
+    envoy.wait_for_log(&format!("forwarded: {missing}"));
+    assert!(envoy.stat("wasmcustom.tether_affinity.unknown_upstream") >= 2);
+    assert_eq!(envoy.log().matches(&format!("affinity: {missing}")).count(), 1, "said once, then counted");
+}

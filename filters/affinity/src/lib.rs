@@ -6,16 +6,15 @@
 //! session whose node did not serve is moved there (redispatch), and last-seen is refreshed
 //! once per refresh interval.
 
-use log::{debug, warn};
+use log::debug;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel};
-use std::cell::Cell;
 use std::rc::Rc;
 use std::time::UNIX_EPOCH;
 use tether_core::affinity::{AffinityPolicy, CookieState, SetReason};
 use tether_core::cookie;
 use tether_core::routing::{decided_earlier, ROUTED_BY_PROPERTY, UPSTREAM_ADDRESS_PROPERTY};
-use tether_glue::{configure, host_env_var, property, set_property, Counter};
+use tether_glue::{configure, host_env_var, property, set_property, Counter, UnknownUpstream};
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Trace);
@@ -32,7 +31,7 @@ struct Metrics {
     invalid: Counter,
     expired: Counter,
     client_session_header_removed: Counter,
-    unknown_upstream: Counter,
+    unknown_upstream: UnknownUpstream,
 }
 
 impl Metrics {
@@ -46,7 +45,7 @@ impl Metrics {
             invalid: c("invalid_cookie"),
             expired: c("expired_cookie"),
             client_session_header_removed: c("client_session_header_removed"),
-            unknown_upstream: c("unknown_upstream"),
+            unknown_upstream: UnknownUpstream::define("tether_affinity"),
         }
     }
 }
@@ -54,8 +53,6 @@ impl Metrics {
 struct Shared {
     policy: AffinityPolicy,
     metrics: Metrics,
-    /// The nodes table and the cluster disagree: said once per VM, then only counted.
-    warned_unknown_upstream: Cell<bool>,
 }
 
 #[derive(Default)]
@@ -72,8 +69,7 @@ impl RootContext for AffinityRoot {
         let Some(policy) = configure("affinity", &json, parse, AffinityPolicy::summary) else {
             return false;
         };
-        self.shared =
-            Some(Rc::new(Shared { policy, metrics: Metrics::define(), warned_unknown_upstream: Cell::new(false) }));
+        self.shared = Some(Rc::new(Shared { policy, metrics: Metrics::define() }));
         true
     }
 
@@ -170,13 +166,7 @@ impl HttpContext for AffinityRequest {
         let upstream = property(&UPSTREAM_ADDRESS_PROPERTY);
         let served = upstream.as_deref().and_then(|a| policy.nodes().by_upstream_address(a));
         if let (Some(raw), None) = (upstream.as_deref(), served) {
-            metrics.unknown_upstream.increment();
-            if !shared.warned_unknown_upstream.replace(true) {
-                warn!(
-                    "affinity: upstream {} is not in the nodes table: the table must list the cluster's endpoints; no cookie is set for it",
-                    String::from_utf8_lossy(raw)
-                );
-            }
+            metrics.unknown_upstream.report(raw, "no cookie is set for it");
         }
         let Some(served) = served else { return Action::Continue };
         let now = self.now();

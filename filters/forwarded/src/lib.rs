@@ -12,7 +12,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 use tether_core::forwarded::{forwarded_element, parse_xff, redirect_location, redirect_status, ForwardedPolicy};
 use tether_core::routing::UPSTREAM_ADDRESS_PROPERTY;
-use tether_glue::{configure, property, Counter};
+use tether_glue::{configure, property, Counter, UnknownUpstream};
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Trace);
@@ -26,6 +26,7 @@ const FORWARDING_HEADERS: [&str; 6] =
 struct Metrics {
     forged_discarded: Counter,
     redirects: Counter,
+    unknown_upstream: UnknownUpstream,
 }
 
 struct Shared {
@@ -49,6 +50,7 @@ impl RootContext for ForwardedRoot {
         let metrics = Metrics {
             forged_discarded: Counter::define("tether_forwarded.forged_discarded"),
             redirects: Counter::define("tether_forwarded.redirects"),
+            unknown_upstream: UnknownUpstream::define("tether_forwarded"),
         };
         self.shared = Some(Rc::new(Shared { policy, metrics }));
         true
@@ -168,8 +170,11 @@ impl HttpContext for ForwardedRequest {
         }
         if let Some(served_by) = &policy.served_by {
             let upstream = property(&UPSTREAM_ADDRESS_PROPERTY);
-            if let Some(node) = upstream.as_deref().and_then(|a| served_by.nodes.by_upstream_address(a)) {
-                self.add_http_response_header(&served_by.header, &node.name);
+            if let Some(raw) = upstream.as_deref() {
+                match served_by.nodes.by_upstream_address(raw) {
+                    Some(node) => self.add_http_response_header(&served_by.header, &node.name),
+                    None => shared.metrics.unknown_upstream.report(raw, "no X-Served-By for it"),
+                }
             }
         }
         Action::Continue

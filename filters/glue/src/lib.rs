@@ -29,6 +29,39 @@ impl Counter {
     }
 }
 
+/// An upstream address missing from a filter's nodes table: the table and the cluster's
+/// endpoints disagree, so the filter cannot name the node that served. Counted every time
+/// (`<filter>.unknown_upstream`), logged once per VM at warn so the log says what to fix.
+#[derive(Debug)]
+pub struct UnknownUpstream {
+    filter: &'static str,
+    counter: Counter,
+    warned: std::cell::Cell<bool>,
+}
+
+impl UnknownUpstream {
+    /// `filter` is the metric prefix, e.g. `tether_affinity`.
+    pub fn define(filter: &'static str) -> UnknownUpstream {
+        UnknownUpstream {
+            filter,
+            counter: Counter::define(&format!("{filter}.unknown_upstream")),
+            warned: std::cell::Cell::new(false),
+        }
+    }
+
+    /// `consequence` says what the filter cannot do for this response.
+    pub fn report(&self, address: &[u8], consequence: &str) {
+        self.counter.increment();
+        if !self.warned.replace(true) {
+            warn!(
+                "{}: upstream {} is not in the nodes table: the table must list the cluster's endpoints; {consequence}",
+                self.filter.trim_start_matches("tether_").replace('_', "-"),
+                String::from_utf8_lossy(address)
+            );
+        }
+    }
+}
+
 /// Reads an environment variable of the Envoy host. Envoy passes only the variables listed in
 /// `vm_config.environment_variables` (`host_env_keys` or `key_values`), through WASI's
 /// `environ_get`, which Envoy provides to every module; std's `env::var` cannot see them on

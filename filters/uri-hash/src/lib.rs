@@ -15,6 +15,7 @@ use tether_core::routing::{decided_earlier, ROUTED_BY_PROPERTY, UPSTREAM_ADDRESS
 use tether_core::uri_hash::{Choice, DownList, UriHashPolicy};
 use tether_glue::{
     configure, property, remove_client_session_header, set_property, set_shared_data, shared_data, Counter,
+    UnknownUpstream,
 };
 
 proxy_wasm::main! {{
@@ -31,6 +32,7 @@ struct Metrics {
     failovers: Counter,
     routed_away: Counter,
     client_session_header_removed: Counter,
+    unknown_upstream: UnknownUpstream,
 }
 
 struct Shared {
@@ -57,6 +59,7 @@ impl RootContext for UriHashRoot {
             failovers: c("failovers"),
             routed_away: c("routed_away"),
             client_session_header_removed: c("client_session_header_removed"),
+            unknown_upstream: UnknownUpstream::define("tether_uri_hash"),
         };
         self.shared = Some(Rc::new(Shared { policy, metrics }));
         true
@@ -139,8 +142,10 @@ impl HttpContext for UriHashRequest {
         self.set_http_response_header(policy.session_header().name(), None);
         let Some(choice) = self.choice else { return Action::Continue };
         let upstream = property(&UPSTREAM_ADDRESS_PROPERTY);
-        let Some(served) = upstream.as_deref().and_then(|a| policy.nodes().by_upstream_address(a)) else {
-            return Action::Continue; // a local reply, or an address outside the table
+        let Some(raw) = upstream.as_deref() else { return Action::Continue }; // a local reply
+        let Some(served) = policy.nodes().by_upstream_address(raw) else {
+            shared.metrics.unknown_upstream.report(raw, "failovers cannot be recorded");
+            return Action::Continue;
         };
         let Some(chosen) = policy.node_name(choice.node) else { return Action::Continue };
         if served.name != chosen {
