@@ -31,6 +31,13 @@ impl CurlResponse {
         serde_json::from_slice(&self.body)
             .unwrap_or_else(|e| panic!("body is not JSON ({e}): {:?}", String::from_utf8_lossy(&self.body)))
     }
+
+    /// The values of request header `name` that a test-node received, in order, from its echo.
+    pub fn received_header(&self, name: &str) -> Vec<String> {
+        let echo = self.json();
+        let headers = echo["headers"].as_array().cloned().unwrap_or_default();
+        headers.iter().filter(|h| h[0].as_str() == Some(name)).filter_map(|h| h[1].as_str().map(String::from)).collect()
+    }
 }
 
 /// Runs `curl -sS -i <args>` with `stdin` (if any) piped in, bounded by `--max-time 30`.

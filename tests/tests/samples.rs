@@ -17,13 +17,7 @@ fn call(url: &str, extra: &[&str]) -> CurlResponse {
 }
 
 fn received(r: &CurlResponse, name: &str) -> Vec<String> {
-    r.json()["headers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|h| h[0].as_str() == Some(name))
-        .map(|h| h[1].as_str().unwrap().to_string())
-        .collect()
+    r.received_header(name)
 }
 
 fn node_of(r: &CurlResponse) -> String {
