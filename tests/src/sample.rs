@@ -4,8 +4,10 @@
 //! Every sample follows one loopback layout so this works without templating: listeners on
 //! 127.0.0.1:8080 (http) and :8443 (https), admin :9901, nodes on 127.0.0.1:8001, :8002, ...
 //! in both the nodes table (`"127.0.0.1:8001"`) and the cluster (`port_value: 8001`), and the
-//! certificate at `target/demo-tls/{cert,key}.pem`. Each replacement must match, so a sample that
-//! leaves the layout fails loudly here instead of silently testing something else.
+//! certificate at `target/demo-tls/{cert,key}.pem`. Each replacement must match (the nodes table
+//! only where a sample has one), so a sample that leaves the layout fails loudly here instead of
+//! silently testing something else. Test ports come from the OS's ephemeral range (32768 and up),
+//! so a replaced address can never be replaced again as one of the layout's.
 
 use crate::envoy::Envoy;
 use crate::{repo_root, ScratchDir, TestNode};
