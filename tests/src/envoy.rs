@@ -114,6 +114,9 @@ pub struct EnvoyConfig {
     /// Active HTTP health checks on `/status` every 100 ms (two failures in a row mark a node
     /// down: one slow check on a busy machine must not move sessions in unrelated tests).
     pub health_checks: bool,
+    /// Raw `http_filters` entries (YAML, indented as the chain's) after the Wasm filters and
+    /// before the routing contract: Envoy-native or Lua filters for the benchmark's other arms.
+    pub raw_filters: Vec<String>,
 }
 
 impl EnvoyConfig {
@@ -127,6 +130,7 @@ impl EnvoyConfig {
             tls: None,
             ipv6: false,
             health_checks: false,
+            raw_filters: Vec::new(),
         }
     }
 
@@ -180,6 +184,7 @@ impl EnvoyConfig {
 
     pub fn yaml(&self) -> String {
         let mut filters: String = self.filters.iter().map(WasmFilter::yaml).collect();
+        filters.extend(self.raw_filters.iter().cloned());
         if let Some(header) = &self.session_header {
             filters.push_str(&format!(
                 r#"
@@ -389,14 +394,11 @@ impl Envoy {
 
     /// CPU time Envoy has used so far (user + system, all threads), from /proc.
     pub fn cpu_time(&self) -> Duration {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
-        // Fields after the ")" that closes the command name; utime and stime are 14 and 15.
-        let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let ticks: u64 = [11, 12].iter().filter_map(|&i| fields.get(i)?.parse::<u64>().ok()).sum();
-        // SAFETY: sysconf has no preconditions.
-        let per_sec = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).unwrap_or(100).max(1);
-        Duration::from_micros(ticks * 1_000_000 / per_sec)
+        crate::process_cpu_time(self.child.id())
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Waits until the log contains `text` (the log is flushed every 20 ms).

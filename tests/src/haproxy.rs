@@ -128,13 +128,19 @@ impl Haproxy {
             };
             let states: Vec<String> =
                 rows.iter().filter(|r| field(r, "addr") == addr).map(|r| field(r, "status")).collect();
-            let ok = !states.is_empty() && states.iter().all(|s| if up { s == "UP" } else { s.starts_with("DOWN") });
+            // "no check": a server without health checks (the benchmark's config) counts as up.
+            let is_up = |s: &String| s == "UP" || s == "no check";
+            let ok = !states.is_empty() && states.iter().all(|s| if up { is_up(s) } else { s.starts_with("DOWN") });
             ok.then_some(())
         });
     }
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 }
 

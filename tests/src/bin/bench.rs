@@ -1,157 +1,629 @@
-//! bench: what each Tether filter costs per request, measured against the same Envoy without it.
+//! bench: what Tether costs per request, against Envoy with no filter (the limit), an empty Rust
+//! proxy-wasm filter (the floor for any Wasm filter), Envoy's native equivalents, the same logic in
+//! Lua, and HAProxy 2.6 with the Overleaf guide's config.
 //!
-//! Starts three test nodes and, per filter, two Envoys (`--concurrency 1`): one with no filter
-//! and one with the filter (routing filters also get Envoy's `stateful_session`, the other half
-//! of the contract). Each load is driven with h2load (HTTP/1.1, 8 connections, bounded by a
-//! request count), alternating between the two Envoys. Reported: requests/s and Envoy's CPU time
-//! per request (user + system from /proc), which is far steadier on a shared machine than
-//! latency. Run via `scripts/bench`; `BENCH_REQUESTS` and `BENCH_ROUNDS` bound it.
+//! Every arm runs at once on the same three test nodes; rounds are interleaved (each round visits
+//! every arm, in a rotated order). The proxies are pinned to CPU 0 (`--concurrency 1`, HAProxy
+//! `nbthread 1`), this process, its load threads, h2load, wrk and the nodes to CPU 1. Per arm and
+//! round:
+//! - **CPU µs/request**: the proxy's user+system time (/proc) over `BENCH_REQUESTS` requests sent
+//!   by h2load (HTTP/1.1, 8 connections): the steadiest figure on a shared machine;
+//! - **requests/s** at saturation: wrk, 8 connections, 2 s;
+//! - **p50/p99 latency** at a fixed rate below saturation: an open-loop generator (here), each
+//!   request timed from when it was due, so a stall is not hidden by the generator waiting.
+//!
+//! Before measuring, each arm proves it does its work (cookie set and honoured, headers added, an
+//! oversized request refused), so a broken filter cannot look fast. Output: a Markdown table and
+//! an SVG chart in target/bench/, the table on stdout. Run via `scripts/bench`.
 
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::process::Command;
-use tether_e2e::http::request;
-use tether_e2e::node::{nodes_json, three_nodes};
-use tether_e2e::{Envoy, EnvoyConfig, ScratchDir, TestNode, WasmFilter};
+use std::time::{Duration, Instant};
+use tether_e2e::haproxy::Haproxy;
+use tether_e2e::http::{request, Response};
+use tether_e2e::node::nodes_json;
+use tether_e2e::{process_cpu_time, process_rss_kib, repo_root, Envoy, EnvoyConfig, TestNode, WasmFilter};
 
-struct Load {
-    name: &'static str,
-    path: &'static str,
-    /// Body size for POST; 0 means GET.
-    body: u64,
-    /// Send the session cookie the filter issued (affinity), or a forged header (forwarded).
-    with_cookie: bool,
+const SESSION_HEADER: &str = "x-tether-session";
+const KEY: &str = "bench-key-0123456789abcdef";
+
+/// One proxy under test.
+struct Arm {
+    name: String,
+    /// What the arm stands for, for the table.
+    what: &'static str,
+    proxy: Proxy,
+    addr: SocketAddr,
+    /// The request every load sends (path, headers): a returning user with a session cookie.
+    path: String,
+    headers: Vec<(String, String)>,
+    wasm_bytes: u64,
 }
 
-struct Measured {
-    rps: f64,
-    cpu_us: f64,
+enum Proxy {
+    Envoy(Envoy),
+    Haproxy(Haproxy),
 }
 
-fn h2load(url: &str, requests: u32, body: Option<&str>, header: Option<&str>) -> f64 {
-    let mut cmd = Command::new("h2load");
-    cmd.args(["--h1", "-n", &requests.to_string(), "-c", "8", "-t", "1"]);
-    if let Some(file) = body {
-        cmd.args(["-d", file]);
+impl Proxy {
+    fn pid(&self) -> u32 {
+        match self {
+            Proxy::Envoy(e) => e.pid(),
+            Proxy::Haproxy(h) => h.pid(),
+        }
     }
-    if let Some(h) = header {
-        cmd.args(["-H", h]);
+}
+
+#[derive(Default)]
+struct Samples {
+    cpu_us: Vec<f64>,
+    rps: Vec<f64>,
+    p50_us: Vec<f64>,
+    p99_us: Vec<f64>,
+}
+
+fn wasm_size(crate_name: &str) -> u64 {
+    let path = repo_root().join(format!("target/wasm32-unknown-unknown/release/tether_{crate_name}.wasm"));
+    std::fs::metadata(&path).map(|m| m.len()).unwrap_or_else(|e| panic!("{}: {e} (run scripts/build)", path.display()))
+}
+
+fn pin(pid: u32, cpu: &str) {
+    let out = Command::new("taskset").args(["-a", "-p", "-c", cpu, &pid.to_string()]).output();
+    assert!(out.is_ok_and(|o| o.status.success()), "taskset could not pin {pid} to CPU {cpu}");
+}
+
+fn envoy_arm(name: &str, what: &'static str, config: EnvoyConfig, wasm: &[&str]) -> Arm {
+    let envoy = Envoy::start(&config);
+    pin(envoy.pid(), "0");
+    Arm {
+        name: name.to_string(),
+        what,
+        addr: envoy.listener,
+        proxy: Proxy::Envoy(envoy),
+        path: "/".into(),
+        headers: Vec::new(),
+        wasm_bytes: wasm.iter().map(|c| wasm_size(c)).sum(),
     }
-    let out = cmd.arg(url).output().unwrap_or_else(|e| panic!("h2load (scripts/setup installs nghttp2-client): {e}"));
+}
+
+fn get(arm: &Arm, path: &str, headers: &[(&str, &str)]) -> Response {
+    let r = request(arm.addr, "GET", path, headers).unwrap_or_else(|e| panic!("{}: {e}", arm.name));
+    assert_eq!(r.status, 200, "{}: GET {path}: {r:?}", arm.name);
+    r
+}
+
+/// A session cookie from the arm (its first response's Set-Cookie), then proof that it sticks.
+fn session_cookie(arm: &Arm, name: &str) -> String {
+    let first = get(arm, "/", &[]);
+    let set = first
+        .all("set-cookie")
+        .into_iter()
+        .find(|c| c.starts_with(&format!("{name}=")))
+        .unwrap_or_else(|| panic!("{}: no {name} cookie: {first:?}", arm.name));
+    let cookie = set.split(';').next().unwrap_or_default().to_string();
+    let node = first.header("x-node").unwrap_or_default().to_string();
+    for _ in 0..5 {
+        assert_eq!(get(arm, "/", &[("cookie", &cookie)]).header("x-node"), Some(node.as_str()), "{}", arm.name);
+    }
+    cookie
+}
+
+/// An oversized request (60 MiB declared and sent) must be refused with 413.
+fn refuses_oversized(arm: &Arm) {
+    let s = TcpStream::connect(arm.addr).unwrap_or_else(|e| panic!("{}: {e}", arm.name));
+    let mut writer = s.try_clone().unwrap_or_else(|e| panic!("{e}"));
+    // The body goes from a thread: a proxy that refuses at the headers stops reading it.
+    std::thread::spawn(move || {
+        let _ = writer.write_all(b"POST /upload HTTP/1.1\r\nHost: bench\r\nContent-Length: 62914560\r\n\r\n");
+        let chunk = vec![0u8; 1 << 20];
+        for _ in 0..60 {
+            if writer.write_all(&chunk).is_err() {
+                break;
+            }
+        }
+    });
+    s.set_read_timeout(Some(Duration::from_secs(20))).ok();
+    let mut status = String::new();
+    BufReader::new(s).read_line(&mut status).unwrap_or_else(|e| panic!("{}: {e}", arm.name));
+    assert!(status.starts_with("HTTP/1.1 413"), "{}: a 60 MiB request was not refused: {status:?}", arm.name);
+}
+
+fn served_by_header(arm: &Arm, cookie: &str) {
+    let r = get(arm, "/", &[("cookie", cookie)]);
+    assert!(r.header("x-served-by").is_some(), "{}: no X-Served-By: {r:?}", arm.name);
+    assert!(r.header("strict-transport-security").is_some(), "{}: no HSTS", arm.name);
+}
+
+// ---- load ------------------------------------------------------------------------------------
+
+fn h2load_cpu(arm: &Arm, requests: u32) -> f64 {
+    let mut cmd = Command::new("taskset");
+    cmd.args(["-c", "1", "h2load", "--h1", "-n", &requests.to_string(), "-c", "8", "-t", "1"]);
+    for (n, v) in &arm.headers {
+        cmd.args(["-H", &format!("{n}: {v}")]);
+    }
+    let before = process_cpu_time(arm.proxy.pid());
+    let out = cmd.arg(format!("http://{}{}", arm.addr, arm.path)).output().unwrap_or_else(|e| panic!("h2load: {e}"));
+    let cpu = process_cpu_time(arm.proxy.pid()).saturating_sub(before);
     let text = String::from_utf8_lossy(&out.stdout);
-    let ok = text.lines().find(|l| l.starts_with("status codes:")).unwrap_or_default();
-    assert!(ok.contains(&format!("{requests} 2xx")), "not every request succeeded:\n{text}");
-    text.lines()
-        .find(|l| l.starts_with("finished in"))
-        .and_then(|l| l.split(", ").nth(1))
-        .and_then(|s| s.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
+    let codes = text.lines().find(|l| l.starts_with("status codes:")).unwrap_or_default();
+    assert!(codes.contains(&format!("{requests} 2xx")), "{}: not every request succeeded:\n{text}", arm.name);
+    cpu.as_secs_f64() * 1e6 / f64::from(requests)
 }
 
-fn measure(envoy: &Envoy, load: &Load, requests: u32, body: Option<&str>, cookie: Option<&str>) -> Measured {
-    let before = envoy.cpu_time();
-    let rps = h2load(&envoy.url(load.path), requests, body, cookie);
-    let cpu = envoy.cpu_time().saturating_sub(before);
-    Measured { rps, cpu_us: cpu.as_secs_f64() * 1e6 / f64::from(requests) }
+fn wrk_rps(arm: &Arm, seconds: u32) -> f64 {
+    let mut cmd = Command::new("taskset");
+    cmd.args(["-c", "1", "wrk", "-t", "1", "-c", "8", "-d", &format!("{seconds}s")]);
+    for (n, v) in &arm.headers {
+        cmd.args(["-H", &format!("{n}: {v}")]);
+    }
+    let out = cmd.arg(format!("http://{}{}", arm.addr, arm.path)).output().unwrap_or_else(|e| panic!("wrk: {e}"));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!text.contains("Non-2xx"), "{}: wrk saw errors:\n{text}", arm.name);
+    text.lines()
+        .find_map(|l| l.strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{}: no Requests/sec in wrk's output:\n{text}", arm.name))
+}
+
+/// Open-loop load: `rate` requests/s for `duration` over `conns` keep-alive connections; each
+/// request is timed from when it was due. Returns (p50, p99) in µs.
+fn open_loop(arm: &Arm, rate: u32, duration: Duration, conns: u32) -> (f64, f64) {
+    let total = (f64::from(rate) * duration.as_secs_f64()) as u64;
+    let interval = Duration::from_secs_f64(f64::from(conns) / f64::from(rate));
+    let mut head = format!("GET {} HTTP/1.1\r\nHost: bench\r\n", arm.path);
+    for (n, v) in &arm.headers {
+        let _ = write!(head, "{n}: {v}\r\n");
+    }
+    head.push_str("\r\n");
+    let start = Instant::now() + Duration::from_millis(50);
+    let threads: Vec<_> = (0..conns)
+        .map(|c| {
+            let (head, addr, name) = (head.clone(), arm.addr, arm.name.clone());
+            std::thread::spawn(move || {
+                let stream = TcpStream::connect(addr).unwrap_or_else(|e| panic!("{name}: {e}"));
+                stream.set_nodelay(true).ok();
+                let mut reader = BufReader::new(stream.try_clone().unwrap_or_else(|e| panic!("{e}")));
+                let mut writer = stream;
+                let mut latencies = Vec::new();
+                let offset = interval.mul_f64(f64::from(c) / f64::from(conns));
+                let mut i: u32 = 0;
+                while u64::from(i) * u64::from(conns) + u64::from(c) < total {
+                    let due = start + offset + interval * i;
+                    if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                        std::thread::sleep(wait);
+                    }
+                    writer.write_all(head.as_bytes()).unwrap_or_else(|e| panic!("{name}: {e}"));
+                    read_response(&mut reader, &name);
+                    latencies.push(due.elapsed().as_secs_f64() * 1e6);
+                    i += 1;
+                }
+                latencies
+            })
+        })
+        .collect();
+    let mut all: Vec<f64> = threads.into_iter().flat_map(|t| t.join().unwrap_or_default()).collect();
+    all.sort_by(f64::total_cmp);
+    let at = |q: f64| all.get(((all.len() as f64 - 1.0) * q).round() as usize).copied().unwrap_or(0.0);
+    (at(0.50), at(0.99))
+}
+
+fn read_response(reader: &mut BufReader<TcpStream>, name: &str) {
+    let mut line = String::new();
+    let mut length = 0usize;
+    let mut status_ok = false;
+    loop {
+        line.clear();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+            panic!("{name}: connection closed mid-response");
+        }
+        if line.starts_with("HTTP/1.1 ") {
+            status_ok = line.starts_with("HTTP/1.1 200");
+        }
+        if let Some((n, v)) = line.split_once(':') {
+            if n.eq_ignore_ascii_case("content-length") {
+                length = v.trim().parse().unwrap_or(0);
+            }
+        }
+        if line == "\r\n" {
+            break;
+        }
+    }
+    assert!(status_ok, "{name}: a request failed under load");
+    let mut body = vec![0u8; length];
+    reader.read_exact(&mut body).unwrap_or_else(|e| panic!("{name}: {e}"));
+}
+
+// ---- arms --------------------------------------------------------------------------------------
+
+fn wasm(filter: &str, config: &str) -> WasmFilter {
+    let mut f = WasmFilter::new(filter, config);
+    if filter == "noop" {
+        f.config_json = String::new();
+    }
+    f
+}
+
+fn with_routing(mut c: EnvoyConfig) -> EnvoyConfig {
+    c = c.with_routing(SESSION_HEADER);
+    c.health_checks = false; // no health-check traffic in the CPU figures
+    c
+}
+
+/// Envoy-native equivalents of the Overleaf chain, as close as Envoy gets without Wasm.
+fn native_filters() -> Vec<String> {
+    vec![
+        r#"
+          - name: envoy.filters.http.header_mutation
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation
+              mutations:
+                request_mutations:
+                - append: { header: { key: x-forwarded-for, value: "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%" }, append_action: OVERWRITE_IF_EXISTS_OR_ADD }
+                - append: { header: { key: x-real-ip, value: "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%" }, append_action: OVERWRITE_IF_EXISTS_OR_ADD }
+                - append: { header: { key: x-forwarded-proto, value: https }, append_action: OVERWRITE_IF_EXISTS_OR_ADD }
+                response_mutations:
+                - append: { header: { key: strict-transport-security, value: "max-age=63072000; includeSubDomains; preload" }, append_action: OVERWRITE_IF_EXISTS_OR_ADD }
+                - append: { header: { key: x-served-by, value: "%UPSTREAM_REMOTE_ADDRESS%" }, append_action: OVERWRITE_IF_EXISTS_OR_ADD }
+          - name: envoy.filters.http.buffer
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer
+              max_request_bytes: 52428800
+          - name: envoy.filters.http.stateful_session
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.stateful_session.v3.StatefulSession
+              session_state:
+                name: envoy.http.stateful_session.cookie
+                typed_config:
+                  "@type": type.googleapis.com/envoy.extensions.http.stateful_session.cookie.v3.CookieBasedSessionState
+                  cookie: { name: SERVERID, path: /, ttl: 86400s }"#
+            .to_string(),
+    ]
+}
+
+/// The Overleaf chain's logic in Lua: forwarding headers, a Content-Length limit, a plain-cookie
+/// affinity through stateful_session's header, Set-Cookie / X-Served-By / HSTS on the way back.
+/// (No HMAC: Envoy's Lua has none, so its cookie is as forgeable as HAProxy's.)
+fn lua_filter(nodes: &[TestNode]) -> String {
+    use base64::Engine;
+    let b64 = |a: SocketAddr| base64::engine::general_purpose::STANDARD.encode(a.to_string());
+    let to_header: String = nodes.iter().map(|n| format!("[\"{}\"] = \"{}\", ", n.name, b64(n.addr))).collect();
+    let to_name: String = nodes.iter().map(|n| format!("[\"{}\"] = \"{}\", ", b64(n.addr), n.name)).collect();
+    let code = format!(
+        r#"
+local to_header = {{ {to_header} }}
+local to_name = {{ {to_name} }}
+function envoy_on_request(h)
+  local headers = h:headers()
+  local peer = h:streamInfo():downstreamRemoteAddress()
+  local ip = string.match(peer, "^(.*):%d+$") or peer
+  headers:replace("x-forwarded-for", ip)
+  headers:replace("x-real-ip", ip)
+  headers:replace("x-forwarded-proto", "https")
+  local length = tonumber(headers:get("content-length") or "0")
+  if length and length > 52428800 then
+    h:respond({{[":status"] = "413"}}, "request body too large")
+    return
+  end
+  headers:remove("{SESSION_HEADER}")
+  local cookie = headers:get("cookie")
+  local node = cookie and string.match(cookie, "SERVERID=([^;%s]+)")
+  if node and to_header[node] then
+    headers:replace("{SESSION_HEADER}", to_header[node])
+    h:streamInfo():dynamicMetadata():set("tether", "pinned", node)
+  end
+end
+function envoy_on_response(h)
+  local headers = h:headers()
+  -- stateful_session writes the header back only when the node differs from the requested one
+  local meta = h:streamInfo():dynamicMetadata():get("tether")
+  local pinned = meta and meta["pinned"]
+  local served = to_name[headers:get("{SESSION_HEADER}") or ""] or pinned
+  headers:remove("{SESSION_HEADER}")
+  headers:replace("strict-transport-security", "max-age=63072000; includeSubDomains; preload")
+  if served then
+    headers:add("x-served-by", served)
+    if pinned ~= served then
+      headers:add("set-cookie", "SERVERID=" .. served .. "; Path=/; HttpOnly")
+    end
+  end
+end
+"#
+    );
+    let indented: String = code.lines().map(|l| format!("\n                  {l}")).collect();
+    format!(
+        r#"
+          - name: envoy.filters.http.lua
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua
+              default_source_code:
+                inline_string: |{indented}"#
+    )
 }
 
 fn main() {
-    let requests: u32 = std::env::var("BENCH_REQUESTS").ok().and_then(|v| v.parse().ok()).unwrap_or(20_000);
-    let rounds: u32 = std::env::var("BENCH_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
-    let nodes = three_nodes();
+    let requests: u32 = env_or("BENCH_REQUESTS", 15_000);
+    let rounds: u32 = env_or("BENCH_ROUNDS", 5);
+    let rate: u32 = env_or("BENCH_RATE", 1000);
+    // This process, its threads and every child (nodes, load generators) on CPU 1.
+    pin(std::process::id(), "1");
+
+    let nodes: Vec<TestNode> = (1..=3).map(|i| TestNode::start(&format!("server-pro-ha-{i}"))).collect();
     let refs: Vec<&TestNode> = nodes.iter().collect();
-    let nodes_json = nodes_json(&nodes);
-    let files = ScratchDir::new("bench");
-    let cases: Vec<(&str, String, bool, Vec<Load>)> = vec![
-        (
-            "body-limit",
-            r#"{"default_limit": "50M", "rules": [{"path_prefix": "/upload/", "methods": ["POST"], "limit": "1M"}]}"#
-                .into(),
-            false,
-            vec![
-                Load { name: "GET (no body)", path: "/upload/x", body: 0, with_cookie: false },
-                Load { name: "POST 4 KiB", path: "/upload/x", body: 4096, with_cookie: false },
-            ],
-        ),
-        (
-            "forwarded",
-            format!(r#"{{"forwarded": true, "served_by": {{"nodes": {nodes_json}}}}}"#),
-            false,
-            vec![
-                Load { name: "GET", path: "/x", body: 0, with_cookie: false },
-                Load { name: "GET forged XFF", path: "/x", body: 0, with_cookie: true },
-            ],
-        ),
-        (
-            "path-pin",
-            format!(
-                r#"{{"nodes": {nodes_json}, "rules": [{{"name": "pinned", "path_prefix": "/pinned/", "node": "node-1"}}]}}"#
-            ),
-            true,
-            vec![
-                Load { name: "GET not pinned", path: "/project/x", body: 0, with_cookie: false },
-                Load { name: "GET pinned", path: "/pinned/x", body: 0, with_cookie: false },
-            ],
-        ),
-        (
-            "uri-hash",
-            format!(r#"{{"nodes": {nodes_json}, "prefixes": ["/project/"], "depth": 2}}"#),
-            true,
-            vec![
-                Load { name: "GET not hashed", path: "/login", body: 0, with_cookie: false },
-                Load { name: "GET /project/", path: "/project/5f3c/output/output.pdf", body: 0, with_cookie: false },
-            ],
-        ),
-        (
-            "affinity",
-            format!(
-                r#"{{"nodes": {nodes_json}, "cookie": {{"keys": ["bench-key-0123456789abcdef"], "maxidle": "24h"}}}}"#
-            ),
-            true,
-            vec![
-                Load { name: "GET new session", path: "/", body: 0, with_cookie: false },
-                Load { name: "GET with cookie", path: "/", body: 0, with_cookie: true },
-            ],
-        ),
-    ];
-    println!("{requests} requests x {rounds} rounds per cell, 8 connections, HTTP/1.1, Envoy --concurrency 1;");
-    println!("CPU = Envoy's user+system time per request, best round; Δ = the filter's cost.\n");
-    println!(
-        "{:<12} {:<18} {:>10} {:>10} {:>14} {:>14} {:>10}",
-        "filter", "load", "base rps", "rps", "base CPU µs", "CPU µs", "Δ µs"
+    let nodes = &nodes;
+    let table = nodes_json(nodes);
+    let body_limit = r#"{"default_limit": "50M"}"#.to_string();
+    let forwarded = format!(
+        r#"{{"proto": "https", "hsts": {{"max_age": "730d", "include_subdomains": true, "preload": true}}, "served_by": {{"nodes": {table}}}}}"#
     );
-    for (filter, config, routing, loads) in &cases {
-        let plain = Envoy::start(&EnvoyConfig::new(vec![], &refs));
-        let mut with = EnvoyConfig::new(vec![WasmFilter::new(filter, config)], &refs);
-        if *routing {
-            with = with.with_routing("x-tether-session");
-            with.health_checks = false;
+    let path_pin = format!(
+        r#"{{"nodes": {table}, "rules": [{{"name": "git", "path_prefix": "/git/", "node": "server-pro-ha-1"}}]}}"#
+    );
+    let uri_hash = format!(r#"{{"nodes": {table}, "prefixes": ["/project/"], "depth": 2}}"#);
+    let affinity =
+        format!(r#"{{"nodes": {table}, "cookie": {{"name": "SERVERID", "keys": ["{KEY}"], "maxidle": "24h"}}}}"#);
+
+    let started = Instant::now();
+    // Arms start one after another (each is ready when pushed), all before the first round.
+    let mut arms: Vec<Arm> =
+        vec![envoy_arm("envoy", "Envoy, no filter: the limit", EnvoyConfig::new(vec![], &refs), &[])];
+    arms.push(envoy_arm(
+        "noop",
+        "an empty Rust proxy-wasm filter: the floor",
+        EnvoyConfig::new(vec![wasm("noop", "")], &refs),
+        &["noop"],
+    ));
+    arms.push(envoy_arm(
+        "body-limit",
+        "Tether body-limit (GET)",
+        EnvoyConfig::new(vec![wasm("body-limit", &body_limit)], &refs),
+        &["body_limit"],
+    ));
+    arms.push(envoy_arm(
+        "forwarded",
+        "Tether forwarded",
+        EnvoyConfig::new(vec![wasm("forwarded", &forwarded)], &refs),
+        &["forwarded"],
+    ));
+    arms.push(envoy_arm(
+        "path-pin",
+        "Tether path-pin (a path it does not pin)",
+        with_routing(EnvoyConfig::new(vec![wasm("path-pin", &path_pin)], &refs)),
+        &["path_pin"],
+    ));
+    let mut hash = envoy_arm(
+        "uri-hash",
+        "Tether uri-hash (a project path)",
+        with_routing(EnvoyConfig::new(vec![wasm("uri-hash", &uri_hash)], &refs)),
+        &["uri_hash"],
+    );
+    hash.path = "/project/5f3c/output/output.pdf".into();
+    arms.push(hash);
+    arms.push(envoy_arm(
+        "affinity",
+        "Tether affinity (returning session)",
+        with_routing(EnvoyConfig::new(vec![wasm("affinity", &affinity)], &refs)),
+        &["affinity"],
+    ));
+    let five = vec![
+        wasm("forwarded", &forwarded),
+        wasm("body-limit", &body_limit),
+        wasm("path-pin", &path_pin),
+        wasm("uri-hash", &uri_hash),
+        wasm("affinity", &affinity),
+    ];
+    arms.push(envoy_arm(
+        "tether (all five)",
+        "the five Tether filters, Overleaf chain",
+        with_routing(EnvoyConfig::new(five, &refs)),
+        &["forwarded", "body_limit", "path_pin", "uri_hash", "affinity"],
+    ));
+    let mut native = EnvoyConfig::new(vec![], &refs);
+    native.raw_filters = native_filters();
+    arms.push(envoy_arm("envoy native", "header_mutation + buffer + stateful_session cookie", native, &[]));
+    let mut lua = with_routing(EnvoyConfig::new(vec![], &refs));
+    lua.raw_filters = vec![lua_filter(nodes)];
+    arms.push(envoy_arm("lua", "the same logic in one Lua filter (plain cookie)", lua, &[]));
+    let haproxy = Haproxy::start("overleaf-bench", &refs);
+    pin(haproxy.pid(), "0");
+    arms.push(Arm {
+        name: "haproxy 2.6".into(),
+        what: "HAProxy 2.6, the Overleaf guide's rules, 1 thread",
+        addr: haproxy.http,
+        proxy: Proxy::Haproxy(haproxy),
+        path: "/".into(),
+        headers: Vec::new(),
+        wasm_bytes: 0,
+    });
+
+    // Each arm proves it does its work; its load is a returning user with its session cookie.
+    for arm in &mut arms {
+        let cookie = match arm.name.as_str() {
+            "affinity" | "tether (all five)" | "envoy native" | "lua" => Some(session_cookie(arm, "SERVERID")),
+            "haproxy 2.6" => Some(session_cookie(arm, "server-pro-ha")),
+            _ => None,
+        };
+        match arm.name.as_str() {
+            "body-limit" | "tether (all five)" | "envoy native" | "lua" => refuses_oversized(arm),
+            _ => {}
         }
-        let filtered = Envoy::start(&with);
-        for load in loads {
-            let body = (load.body > 0)
-                .then(|| files.file_of_size(&format!("b{}", load.body), load.body).display().to_string());
-            let cookie = load.with_cookie.then(|| {
-                if *filter == "forwarded" {
-                    return "x-forwarded-for: 1.2.3.4".to_string();
+        match arm.name.as_str() {
+            "forwarded" => served_by_header(arm, ""),
+            "tether (all five)" | "lua" | "haproxy 2.6" => served_by_header(arm, cookie.as_deref().unwrap_or_default()),
+            "uri-hash" => {
+                let first = get(arm, &arm.path, &[]).header("x-node").map(String::from);
+                for _ in 0..5 {
+                    assert_eq!(get(arm, &arm.path, &[]).header("x-node").map(String::from), first, "uri-hash");
                 }
-                let r = request(filtered.listener, "GET", "/", &[]).unwrap_or_else(|e| panic!("{e}"));
-                let set = r.header("set-cookie").unwrap_or_else(|| panic!("{filter} set no cookie"));
-                format!("cookie: {}", set.split(';').next().unwrap_or_default())
-            });
-            let (mut base, mut cost) = (Vec::new(), Vec::new());
-            for _ in 0..rounds {
-                base.push(measure(&plain, load, requests, body.as_deref(), cookie.as_deref()));
-                cost.push(measure(&filtered, load, requests, body.as_deref(), cookie.as_deref()));
             }
-            let best = |v: &[Measured]| {
-                v.iter().min_by(|a, b| a.cpu_us.total_cmp(&b.cpu_us)).map_or((0.0, 0.0), |m| (m.rps, m.cpu_us))
-            };
-            let ((b_rps, b_cpu), (w_rps, w_cpu)) = (best(&base), best(&cost));
-            println!(
-                "{filter:<12} {:<18} {b_rps:>10.0} {w_rps:>10.0} {b_cpu:>14.1} {w_cpu:>14.1} {:>+10.1}",
-                load.name,
-                w_cpu - b_cpu
-            );
+            "path-pin" => {
+                for _ in 0..5 {
+                    // No repositories on the bench nodes: the 404 names the node that answered.
+                    let r = request(arm.addr, "GET", "/git/x.git/info/refs", &[]).unwrap_or_else(|e| panic!("{e}"));
+                    assert_eq!(r.header("x-node"), Some("server-pro-ha-1"), "path-pin: {r:?}");
+                }
+            }
+            _ => {}
+        }
+        if let Some(c) = cookie {
+            arm.headers.push(("cookie".into(), c));
         }
     }
+
+    let base_rss: BTreeMap<String, u64> =
+        arms.iter().map(|a| (a.name.clone(), process_rss_kib(a.proxy.pid()))).collect();
+    let mut samples: BTreeMap<String, Samples> = BTreeMap::new();
+    for round in 0..rounds {
+        for k in 0..arms.len() {
+            let arm = &arms[(k + round as usize) % arms.len()];
+            let s = samples.entry(arm.name.clone()).or_default();
+            s.cpu_us.push(h2load_cpu(arm, requests));
+            s.rps.push(wrk_rps(arm, 2));
+            let (p50, p99) = open_loop(arm, rate, Duration::from_secs(2), 8);
+            s.p50_us.push(p50);
+            s.p99_us.push(p99);
+        }
+        eprintln!("bench: round {}/{rounds} done ({:.0} s)", round + 1, started.elapsed().as_secs_f64());
+    }
+    let rss: BTreeMap<String, u64> = arms.iter().map(|a| (a.name.clone(), process_rss_kib(a.proxy.pid()))).collect();
+    report(&arms, &samples, &rss, &base_rss, requests, rounds, rate, started.elapsed());
+}
+
+fn env_or(name: &str, default: u32) -> u32 {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    match s.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => s[n / 2],
+        n => (s[n / 2 - 1] + s[n / 2]) / 2.0,
+    }
+}
+
+fn range(v: &[f64]) -> (f64, f64) {
+    (v.iter().copied().fold(f64::INFINITY, f64::min), v.iter().copied().fold(f64::NEG_INFINITY, f64::max))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn report(
+    arms: &[Arm],
+    samples: &BTreeMap<String, Samples>,
+    rss: &BTreeMap<String, u64>,
+    base_rss: &BTreeMap<String, u64>,
+    requests: u32,
+    rounds: u32,
+    rate: u32,
+    took: Duration,
+) {
+    let get = |name: &str| samples.get(name).unwrap_or_else(|| panic!("no samples for {name}"));
+    let limit = get("envoy");
+    let (limit_cpu, limit_p50, limit_rss) =
+        (median(&limit.cpu_us), median(&limit.p50_us), rss.get("envoy").copied().unwrap_or(0));
+    let cpus = std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("model name").map(|m| m.trim_start_matches([' ', '\t', ':']).to_string()))
+        .unwrap_or_default();
+    let mut md = String::new();
+    let _ = writeln!(md, "# Tether benchmark\n");
+    let _ = writeln!(
+        md,
+        "{rounds} interleaved rounds; per arm and round: {requests} requests (h2load, HTTP/1.1, 8 connections) for CPU, \
+         wrk 2 s (8 connections) for requests/s, {rate} requests/s open-loop for 2 s for latency. Proxies pinned to \
+         CPU 0 (Envoy 1.40.0 `--concurrency 1`, HAProxy `nbthread 1`); load and nodes on CPU 1. Machine: {cpus}, \
+         2 cores. Run took {:.0} s. Medians, min–max in brackets; Δ against Envoy with no filter in the same run.\n",
+        took.as_secs_f64()
+    );
+    let _ = writeln!(
+        md,
+        "| arm | what | CPU µs/req | Δ CPU µs | req/s (wrk) | p50 µs | Δ p50 µs | p99 µs | RSS MiB | Δ RSS MiB | RSS grew in run MiB | .wasm KB |"
+    );
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|---|");
+    for arm in arms {
+        let s = get(&arm.name);
+        let (cpu, (cmin, cmax)) = (median(&s.cpu_us), range(&s.cpu_us));
+        let (rps, (rmin, rmax)) = (median(&s.rps), range(&s.rps));
+        let (p50, p99) = (median(&s.p50_us), median(&s.p99_us));
+        let r = rss.get(&arm.name).copied().unwrap_or(0);
+        let delta_rss = |r: u64| (r as f64 - limit_rss as f64) / 1024.0;
+        let grew = (r as f64 - base_rss.get(&arm.name).copied().unwrap_or(0) as f64) / 1024.0;
+        let (delta_cpu, delta_p50) = if arm.name == "haproxy 2.6" {
+            ("(other proxy)".to_string(), "(other proxy)".to_string())
+        } else {
+            (format!("{:+.1}", cpu - limit_cpu), format!("{:+.0}", p50 - limit_p50))
+        };
+        let _ = writeln!(
+            md,
+            "| {} | {} | {cpu:.1} [{cmin:.1}–{cmax:.1}] | {delta_cpu} | {rps:.0} [{rmin:.0}–{rmax:.0}] | {p50:.0} | {delta_p50} | {p99:.0} | {:.1} | {} | {grew:+.1} | {} |",
+            arm.name,
+            arm.what,
+            r as f64 / 1024.0,
+            if arm.name == "haproxy 2.6" { "(other proxy)".to_string() } else { format!("{:+.1}", delta_rss(r)) },
+            if arm.wasm_bytes > 0 { format!("{:.0}", arm.wasm_bytes as f64 / 1000.0) } else { "–".into() },
+        );
+    }
+    let dir = repo_root().join("target/bench");
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+    std::fs::write(dir.join("results.md"), &md).unwrap_or_else(|e| panic!("results.md: {e}"));
+    std::fs::write(dir.join("cpu.svg"), svg(arms, samples)).unwrap_or_else(|e| panic!("cpu.svg: {e}"));
+    println!("{md}");
+    println!("Written: target/bench/results.md, target/bench/cpu.svg");
+}
+
+/// Horizontal bars: median CPU µs per request per arm, with min–max whiskers.
+fn svg(arms: &[Arm], samples: &BTreeMap<String, Samples>) -> String {
+    let rows: Vec<(String, f64, f64, f64)> = arms
+        .iter()
+        .filter_map(|a| {
+            let s = samples.get(&a.name)?;
+            let (lo, hi) = range(&s.cpu_us);
+            Some((a.name.clone(), median(&s.cpu_us), lo, hi))
+        })
+        .collect();
+    let max = rows.iter().map(|r| r.3).fold(1.0, f64::max);
+    let (left, width, row_h) = (170.0, 520.0, 26.0);
+    let height = 50.0 + row_h * rows.len() as f64;
+    let mut out = format!(
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{}" height="{height}" font-family="sans-serif" font-size="12">
+<text x="10" y="18" font-size="14">Proxy CPU per request (µs, median of rounds; whiskers min–max)</text>
+"#,
+        left + width + 80.0
+    );
+    for (i, (name, med, lo, hi)) in rows.iter().enumerate() {
+        let y = 34.0 + row_h * i as f64;
+        let scale = |v: f64| left + width * v / max;
+        let colour = if name.starts_with("tether")
+            || ["body-limit", "forwarded", "path-pin", "uri-hash", "affinity"].contains(&name.as_str())
+        {
+            "#2b7bb9"
+        } else {
+            "#9a9a9a"
+        };
+        let _ = write!(
+            out,
+            r#"<text x="{}" y="{}" text-anchor="end">{name}</text>
+<rect x="{left}" y="{y}" width="{}" height="{}" fill="{colour}"/>
+<line x1="{}" x2="{}" y1="{}" y2="{}" stroke="black"/>
+<text x="{}" y="{}">{med:.1}</text>
+"#,
+            left - 8.0,
+            y + 15.0,
+            scale(*med) - left,
+            row_h - 8.0,
+            scale(*lo),
+            scale(*hi),
+            y + 9.0,
+            y + 9.0,
+            scale(*hi) + 6.0,
+            y + 15.0,
+        );
+    }
+    out.push_str("</svg>\n");
+    out
 }
