@@ -421,6 +421,15 @@ fn main() {
         with_routing(EnvoyConfig::new(five, &refs)),
         &["forwarded", "body_limit", "path_pin", "uri_hash", "affinity"],
     ));
+    let edge = format!(
+        r#"{{"forwarded": {forwarded}, "body_limit": {body_limit}, "path_pin": {path_pin}, "uri_hash": {uri_hash}, "affinity": {affinity}}}"#
+    );
+    arms.push(envoy_arm(
+        "tether-edge",
+        "the same five in one module and one VM (tether-edge)",
+        with_routing(EnvoyConfig::new(vec![wasm("edge", &edge)], &refs)),
+        &["edge"],
+    ));
     let mut native = EnvoyConfig::new(vec![], &refs);
     native.raw_filters = native_filters();
     arms.push(envoy_arm("envoy native", "header_mutation + buffer + stateful_session cookie", native, &[]));
@@ -442,17 +451,21 @@ fn main() {
     // Each arm proves it does its work; its load is a returning user with its session cookie.
     for arm in &mut arms {
         let cookie = match arm.name.as_str() {
-            "affinity" | "tether (all five)" | "envoy native" | "lua" => Some(session_cookie(arm, "SERVERID")),
+            "affinity" | "tether (all five)" | "tether-edge" | "envoy native" | "lua" => {
+                Some(session_cookie(arm, "SERVERID"))
+            }
             "haproxy 2.6" => Some(session_cookie(arm, "server-pro-ha")),
             _ => None,
         };
         match arm.name.as_str() {
-            "body-limit" | "tether (all five)" | "envoy native" | "lua" => refuses_oversized(arm),
+            "body-limit" | "tether (all five)" | "tether-edge" | "envoy native" | "lua" => refuses_oversized(arm),
             _ => {}
         }
         match arm.name.as_str() {
             "forwarded" => served_by_header(arm, ""),
-            "tether (all five)" | "lua" | "haproxy 2.6" => served_by_header(arm, cookie.as_deref().unwrap_or_default()),
+            "tether (all five)" | "tether-edge" | "lua" | "haproxy 2.6" => {
+                served_by_header(arm, cookie.as_deref().unwrap_or_default())
+            }
             "uri-hash" => {
                 let first = get(arm, &arm.path, &[]).header("x-node").map(String::from);
                 for _ in 0..5 {

@@ -1,0 +1,187 @@
+//! The forwarded filter's proxy-wasm contexts: its root (configuration, metrics) and its
+//! per-request context. Compiled into this filter's module (lib.rs) and, by path, into
+//! tether-edge's single module.
+
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, ContextType};
+use std::net::{IpAddr, SocketAddr};
+use std::rc::Rc;
+use tether_core::forwarded::{forwarded_element, parse_xff, redirect_location, redirect_status, ForwardedPolicy};
+use tether_core::routing::UPSTREAM_ADDRESS_PROPERTY;
+use tether_glue::{configure, property, Counter, UnknownUpstream};
+
+/// Headers a client could forge; from an untrusted peer they never pass as sent.
+const FORWARDING_HEADERS: [&str; 6] =
+    ["x-forwarded-for", "x-real-ip", "x-forwarded-proto", "x-forwarded-host", "x-forwarded-port", "forwarded"];
+
+struct Metrics {
+    forged_discarded: Counter,
+    redirects: Counter,
+    unknown_upstream: UnknownUpstream,
+}
+
+struct Shared {
+    policy: ForwardedPolicy,
+    metrics: Metrics,
+}
+
+#[derive(Default)]
+pub struct ForwardedRoot {
+    shared: Option<Rc<Shared>>,
+}
+
+impl ForwardedRoot {
+    /// The root for configuration `json` (JSON text or Struct bytes), as `on_configure` builds
+    /// it; `None` after logging why the configuration is refused. tether-edge calls this with
+    /// its section of a combined configuration.
+    pub fn from_config(json: &[u8]) -> Option<ForwardedRoot> {
+        let mut root = ForwardedRoot::default();
+        let policy = configure("forwarded", json, ForwardedPolicy::from_json, ForwardedPolicy::summary)?;
+        let metrics = Metrics {
+            forged_discarded: Counter::define("tether_forwarded.forged_discarded"),
+            redirects: Counter::define("tether_forwarded.redirects"),
+            unknown_upstream: UnknownUpstream::define("tether_forwarded"),
+        };
+        root.shared = Some(Rc::new(Shared { policy, metrics }));
+        Some(root)
+    }
+}
+
+impl Context for ForwardedRoot {}
+
+impl RootContext for ForwardedRoot {
+    fn on_configure(&mut self, _size: usize) -> bool {
+        let json = self.get_plugin_configuration().unwrap_or_default();
+        match Self::from_config(&json) {
+            Some(root) => {
+                *self = root;
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(ForwardedRequest { shared: self.shared.clone()?, https: false }))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+struct ForwardedRequest {
+    shared: Rc<Shared>,
+    /// The request's effective scheme is https: HSTS goes on its response.
+    https: bool,
+}
+
+fn header<'a>(headers: &'a [(String, Vec<u8>)], name: &str) -> Option<&'a [u8]> {
+    headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_slice())
+}
+
+fn text(v: Option<&[u8]>) -> Option<&str> {
+    v.and_then(|v| std::str::from_utf8(v).ok())
+}
+
+impl Context for ForwardedRequest {}
+
+impl HttpContext for ForwardedRequest {
+    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        let shared = Rc::clone(&self.shared);
+        let (policy, metrics) = (&shared.policy, &shared.metrics);
+        let Some(peer) = text(property(&["source", "address"]).as_deref())
+            .and_then(|a| a.parse::<SocketAddr>().ok())
+            .map(|a| a.ip())
+        else {
+            return Action::Continue; // not an IP peer (e.g. a pipe): nothing to tell
+        };
+        let tls = property(&["connection", "tls_version"]).is_some_and(|v| !v.is_empty());
+        let headers = self.get_http_request_headers_bytes();
+        let trusted = policy.peer_trusted(&peer);
+        let sent_any = FORWARDING_HEADERS.iter().any(|h| header(&headers, h).is_some());
+        if !trusted && sent_any {
+            metrics.forged_discarded.increment();
+        }
+        let xff_lines: Vec<&[u8]> =
+            headers.iter().filter(|(n, _)| n == "x-forwarded-for").map(|(_, v)| v.as_slice()).collect();
+        // From a trusted peer its chain counts; an unreadable chain is nobody's word.
+        let chain: Vec<IpAddr> = if trusted { parse_xff(&xff_lines).unwrap_or_default() } else { Vec::new() };
+        let client = policy.client(&chain, peer);
+        let trusted_proto = if trusted { header(&headers, "x-forwarded-proto") } else { None };
+        let proto = policy.effective_proto(trusted_proto, tls);
+        self.https = proto == "https";
+        let path = text(header(&headers, ":path")).unwrap_or("/");
+        let authority = text(header(&headers, ":authority")).unwrap_or_default();
+        if !self.https && policy.redirects(path.as_bytes()) {
+            if let Some(r) = &policy.redirect {
+                let status = redirect_status(header(&headers, ":method").unwrap_or_default());
+                let location = redirect_location(authority, path, r.port);
+                metrics.redirects.increment();
+                self.send_http_response(status, vec![("location", &location)], None);
+                return Action::Pause;
+            }
+        }
+        // X-Forwarded-For (HAProxy "option forwardfor", nginx $proxy_add_x_forwarded_for).
+        if let Some(xff) = policy.xff_value(&chain, peer, client) {
+            self.set_http_request_header("x-forwarded-for", Some(&xff));
+        }
+        if policy.real_ip {
+            self.set_http_request_header("x-real-ip", Some(&client.to_string()));
+        } else if !trusted && header(&headers, "x-real-ip").is_some() {
+            self.set_http_request_header("x-real-ip", None);
+        }
+        self.set_http_request_header("x-forwarded-proto", Some(proto));
+        let keep = |name: &str| trusted && header(&headers, name).is_some();
+        if policy.forwarded_host {
+            if !keep("x-forwarded-host") && !authority.is_empty() {
+                self.set_http_request_header("x-forwarded-host", Some(authority));
+            }
+        } else if !trusted && header(&headers, "x-forwarded-host").is_some() {
+            self.set_http_request_header("x-forwarded-host", None);
+        }
+        if policy.forwarded_port {
+            if !keep("x-forwarded-port") {
+                if let Some(port) = property(&["destination", "port"]).and_then(|p| p.get(..8).map(<[u8]>::to_vec)) {
+                    let mut b = [0u8; 8];
+                    b.copy_from_slice(&port);
+                    self.set_http_request_header("x-forwarded-port", Some(&u64::from_le_bytes(b).to_string()));
+                }
+            }
+        } else if !trusted && header(&headers, "x-forwarded-port").is_some() {
+            self.set_http_request_header("x-forwarded-port", None);
+        }
+        if policy.forwarded {
+            let element = forwarded_element(peer, proto, (!authority.is_empty()).then_some(authority));
+            let value = match text(header(&headers, "forwarded")).filter(|_| trusted) {
+                Some(existing) => format!("{existing}, {element}"),
+                None => element,
+            };
+            self.set_http_request_header("forwarded", Some(&value));
+        } else if !trusted && header(&headers, "forwarded").is_some() {
+            self.set_http_request_header("forwarded", None);
+        }
+        Action::Continue
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        let shared = Rc::clone(&self.shared);
+        let policy = &shared.policy;
+        if let (true, Some(hsts)) = (self.https, &policy.hsts) {
+            // HSTS only over https: browsers ignore it over http, and it must not be claimed there.
+            if hsts.override_upstream || self.get_http_response_header_bytes("strict-transport-security").is_none() {
+                self.set_http_response_header("strict-transport-security", Some(&hsts.value));
+            }
+        }
+        if let Some(served_by) = &policy.served_by {
+            let upstream = property(&UPSTREAM_ADDRESS_PROPERTY);
+            if let Some(raw) = upstream.as_deref() {
+                match served_by.nodes.by_upstream_address(raw) {
+                    Some(node) => self.add_http_response_header(&served_by.header, &node.name),
+                    None => shared.metrics.unknown_upstream.report(raw, "no X-Served-By for it"),
+                }
+            }
+        }
+        Action::Continue
+    }
+}
