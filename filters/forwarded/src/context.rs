@@ -6,7 +6,9 @@ use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType};
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
-use tether_core::forwarded::{forwarded_element, parse_xff, redirect_location, redirect_status, ForwardedPolicy};
+use tether_core::forwarded::{
+    forwarded_element, parse_xff, redirect_location, redirect_status, ForwardedPolicy, ProtoMode,
+};
 use tether_core::routing::UPSTREAM_ADDRESS_PROPERTY;
 use tether_glue::{configure, property, Counter, UnknownUpstream};
 
@@ -96,7 +98,9 @@ impl HttpContext for ForwardedRequest {
         else {
             return Action::Continue; // not an IP peer (e.g. a pipe): nothing to tell
         };
-        let tls = property(&["connection", "tls_version"]).is_some_and(|v| !v.is_empty());
+        // The connection's TLS only matters when the proto is not forced (one host call saved).
+        let tls = matches!(policy.proto, ProtoMode::Auto)
+            && property(&["connection", "tls_version"]).is_some_and(|v| !v.is_empty());
         let headers = self.get_http_request_headers_bytes();
         let trusted = policy.peer_trusted(&peer);
         let sent_any = FORWARDING_HEADERS.iter().any(|h| header(&headers, h).is_some());
