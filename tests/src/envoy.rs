@@ -36,6 +36,8 @@ pub struct WasmFilter {
     pub instance: Option<String>,
     /// Host environment variables the VM may read (`vm_config.environment_variables`).
     pub env_keys: Vec<String>,
+    /// `failure_policy` (`FAIL_CLOSED`, `FAIL_OPEN`, `FAIL_RELOAD`); none: `fail_open: false`.
+    pub failure_policy: Option<String>,
 }
 
 impl WasmFilter {
@@ -48,6 +50,7 @@ impl WasmFilter {
             as_struct: false,
             instance: None,
             env_keys: Vec::new(),
+            failure_policy: None,
         }
     }
 
@@ -80,7 +83,7 @@ impl WasmFilter {
               config:
                 name: {id}
                 root_id: {id}
-                fail_open: false
+                {failure}
                 vm_config:
                   vm_id: {id}
                   runtime: envoy.wasm.runtime.v8
@@ -91,6 +94,10 @@ impl WasmFilter {
                   value: {value}"#,
             path = wasm_path(&self.filter).display().to_string(),
             env_keys = self.env_keys,
+            failure = match &self.failure_policy {
+                Some(policy) => format!("failure_policy: {policy}"),
+                None => "fail_open: false".to_string(),
+            },
         )
     }
 }

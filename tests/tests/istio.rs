@@ -1,7 +1,7 @@
 //! The Istio manifests under envoy/istio/, checked structurally (there is no Kubernetes here):
 //! every document parses and is a known kind; the WasmPlugins carry exactly the configuration of
 //! envoy/overleaf.yaml (node addresses aside, which are the WorkloadEntries'), in its chain order,
-//! with its fail-closed choice and environment keys; and Envoy with each filter accepts each
+//! with its failure policy and environment keys; and Envoy with each filter accepts each
 //! plugin's configuration.
 
 use serde_json::{json, Value};
@@ -21,8 +21,8 @@ fn yaml_documents(relative: &str) -> Vec<Value> {
 use serde::Deserialize;
 
 /// The Tether filters of the https listener of envoy/overleaf.yaml, in chain order:
-/// (root_id, fail_open, host_env_keys, configuration with YAML anchors resolved).
-fn overleaf_filters() -> Vec<(String, bool, Vec<String>, Value)> {
+/// (root_id, failure_policy, host_env_keys, configuration with YAML anchors resolved).
+fn overleaf_filters() -> Vec<(String, String, Vec<String>, Value)> {
     let doc = yaml_documents("envoy/overleaf.yaml").remove(0);
     let listener = doc["static_resources"]["listeners"]
         .as_array()
@@ -42,12 +42,8 @@ fn overleaf_filters() -> Vec<(String, bool, Vec<String>, Value)> {
                 .as_array()
                 .map(|a| a.iter().map(|k| k.as_str().unwrap().to_string()).collect())
                 .unwrap_or_default();
-            (
-                c["root_id"].as_str().unwrap().to_string(),
-                c["fail_open"] == true,
-                env,
-                c["configuration"]["value"].clone(),
-            )
+            let policy = c["failure_policy"].as_str().expect("failure_policy").to_string();
+            (c["root_id"].as_str().unwrap().to_string(), policy, env, c["configuration"]["value"].clone())
         })
         .collect()
 }
@@ -119,11 +115,15 @@ fn wasm_plugins_carry_the_overleaf_sample_configuration() {
     // Higher priority runs first within a phase: descending priority must be the sample's order.
     let mut by_priority = plugins.clone();
     by_priority.sort_by_key(|p| -p["spec"]["priority"].as_i64().unwrap());
-    for (plugin, (root_id, fail_open, env, config)) in by_priority.iter().zip(&sample) {
+    for (plugin, (root_id, policy, env, config)) in by_priority.iter().zip(&sample) {
         let spec = &plugin["spec"];
         assert_eq!(spec["pluginName"].as_str(), Some(root_id.as_str()), "chain order or name");
         assert_eq!(spec["phase"], by_priority[0]["spec"]["phase"], "{root_id}: one phase for all");
-        assert_eq!(spec["failStrategy"], if *fail_open { "FAIL_OPEN" } else { "FAIL_CLOSE" }, "{root_id}");
+        let istio = match policy.as_str() {
+            "FAIL_CLOSED" => "FAIL_CLOSE",
+            other => other, // FAIL_OPEN, FAIL_RELOAD: the same names
+        };
+        assert_eq!(spec["failStrategy"], istio, "{root_id}: failure policy");
         let plugin_env: Vec<String> = spec["vmConfig"]["env"]
             .as_array()
             .map(|a| {
