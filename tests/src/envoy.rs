@@ -124,6 +124,11 @@ pub struct EnvoyConfig {
     /// Raw `http_filters` entries (YAML, indented as the chain's) after the Wasm filters and
     /// before the routing contract: Envoy-native or Lua filters for the benchmark's other arms.
     pub raw_filters: Vec<String>,
+    /// The route's `retry_on` (the samples use `connect-failure,reset-before-request`).
+    pub retry_on: String,
+    /// A route for GET/HEAD/OPTIONS with this `retry_on` ahead of the others: idempotent
+    /// requests may be retried after they were sent (the samples use `connect-failure,reset`).
+    pub idempotent_retry_on: Option<String>,
 }
 
 impl EnvoyConfig {
@@ -138,6 +143,8 @@ impl EnvoyConfig {
             ipv6: false,
             health_checks: false,
             raw_filters: Vec::new(),
+            retry_on: "connect-failure,reset".to_string(),
+            idempotent_retry_on: None,
         }
     }
 
@@ -161,6 +168,10 @@ impl EnvoyConfig {
     }
 
     fn route(&self, prefix: &str, strict: bool) -> String {
+        self.route_with(prefix, strict, "", &self.retry_on)
+    }
+
+    fn route_with(&self, prefix: &str, strict: bool, extra_match: &str, retry_on: &str) -> String {
         let per_filter = match (&self.session_header, strict) {
             (Some(header), true) => format!(
                 r#"
@@ -174,18 +185,18 @@ impl EnvoyConfig {
         };
         format!(
             r#"
-              - match: {{ prefix: "{prefix}" }}
+              - match: {{ prefix: "{prefix}"{extra_match} }}
                 route:
                   cluster: nodes
                   timeout: 30s
                   retry_policy:
-                    retry_on: connect-failure,reset
+                    retry_on: {retry_on}
                     num_retries: 3
                     retry_host_predicate:
                     - name: envoy.retry_host_predicates.previous_hosts
                       typed_config:
                         "@type": type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate
-                    host_selection_retry_max_attempts: 3{per_filter}"#
+                    host_selection_retry_max_attempts: 3{per_filter}"#,
         )
     }
 
@@ -202,6 +213,11 @@ impl EnvoyConfig {
             ));
         }
         let mut routes: String = self.strict_prefixes.iter().map(|p| self.route(p, true)).collect();
+        if let Some(retry_on) = &self.idempotent_retry_on {
+            let methods =
+                r#", headers: [{ name: ":method", string_match: { safe_regex: { regex: "GET|HEAD|OPTIONS" } } }]"#;
+            routes.push_str(&self.route_with("/", false, methods, retry_on));
+        }
         routes.push_str(&self.route("/", false));
         let health_checks = if self.health_checks {
             r#"
@@ -420,7 +436,7 @@ impl Envoy {
         self.wait_for_endpoint_health(node.addr, healthy);
     }
 
-    fn wait_for_endpoint_health(&self, addr: SocketAddr, healthy: bool) {
+    pub fn wait_for_endpoint_health(&self, addr: SocketAddr, healthy: bool) {
         let what = format!("Envoy to see {addr} as {}", if healthy { "healthy" } else { "unhealthy" });
         wait_for(&what, Duration::from_secs(10), || {
             let (_, body) = admin_get(self.admin, "/clusters").ok()?;

@@ -32,6 +32,11 @@ impl TestNode {
         TestNode::start_with_args(name, &["--git-root", &root.display().to_string()])
     }
 
+    /// A node on a given port, e.g. to bring a killed node back where Envoy expects it.
+    pub fn start_on_port(name: &str, port: u16) -> TestNode {
+        TestNode::start_with_args(name, &["--port", &port.to_string()])
+    }
+
     fn start_with_args(name: &str, extra: &[&str]) -> TestNode {
         let mut cmd = Command::new(node_bin());
         cmd.args(["--name", name]).args(extra).stdout(Stdio::piped()).stderr(Stdio::inherit());
