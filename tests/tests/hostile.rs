@@ -109,3 +109,51 @@ fn nothing_the_client_sends_steers_a_request() {
     }
     assert_no_panics(&envoy);
 }
+
+/// Sends a chunked body in `chunks` pieces of `size` bytes with `pause` between them; returns
+/// the status Envoy answered with (or 0 if the connection ended without one).
+fn trickle(envoy: &Envoy, path: &str, chunks: usize, size: usize, pause: Duration) -> u16 {
+    let mut s = TcpStream::connect(envoy.listener).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let head = format!("POST {path} HTTP/1.1\r\nHost: hostile\r\nTransfer-Encoding: chunked\r\n\r\n");
+    s.write_all(head.as_bytes()).unwrap();
+    let chunk = [format!("{size:x}\r\n").into_bytes(), vec![b'x'; size], b"\r\n".to_vec()].concat();
+    for _ in 0..chunks {
+        if s.write_all(&chunk).is_err() {
+            break; // refused mid-body: the answer is waiting
+        }
+        std::thread::sleep(pause);
+    }
+    let _ = s.write_all(b"0\r\n\r\n");
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = s.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        out.extend_from_slice(&buf[..n]);
+        if out.windows(4).any(|w| w == b"\r\n\r\n") {
+            break;
+        }
+    }
+    let text = String::from_utf8_lossy(&out);
+    text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0)
+}
+
+/// Slow bodies (a client trickling 64 KiB every 40 ms): the limit counts every byte however
+/// slowly it comes; under the limit the body arrives whole.
+#[test]
+fn slow_bodies_are_counted_to_the_byte() {
+    let nodes = three_nodes();
+    let envoy = chain(&nodes);
+    let pause = Duration::from_millis(40);
+    // 15 x 64 KiB = 960 KiB: under the 1 MiB limit.
+    assert_eq!(trickle(&envoy, "/slow-under", 15, 64 * 1024, pause), 200);
+    let under: u64 = nodes.iter().flat_map(|n| n.requests_for("/slow-under")).map(|r| r.body_bytes).sum();
+    assert_eq!(under, 15 * 64 * 1024, "the slow body arrived whole");
+    // 20 x 64 KiB = 1.25 MiB: refused once it crosses 1 MiB; a node never gets more.
+    assert_eq!(trickle(&envoy, "/slow-over", 20, 64 * 1024, pause), 413);
+    let over: u64 = nodes.iter().flat_map(|n| n.requests_for("/slow-over")).map(|r| r.body_bytes).sum();
+    assert!(over <= 1024 * 1024, "{over} bytes of a refused body reached a node");
+    assert_no_panics(&envoy);
+}
