@@ -10,7 +10,7 @@ use std::time::UNIX_EPOCH;
 use tether_core::affinity::{AffinityPolicy, CookieState, SetReason};
 use tether_core::cookie;
 use tether_core::routing::{decided_earlier, ROUTED_BY_PROPERTY, UPSTREAM_ADDRESS_PROPERTY};
-use tether_glue::{configure, host_env_var, property, set_property, Counter, UnknownUpstream};
+use tether_glue::{configure, configure_root, host_env_var, property, set_property, Counter, UnknownUpstream};
 
 const ROUTED_BY_VALUE: &[u8] = b"affinity";
 
@@ -68,14 +68,7 @@ impl Context for AffinityRoot {}
 
 impl RootContext for AffinityRoot {
     fn on_configure(&mut self, _size: usize) -> bool {
-        let json = self.get_plugin_configuration().unwrap_or_default();
-        match Self::from_config(&json) {
-            Some(root) => {
-                *self = root;
-                true
-            }
-            None => false,
-        }
+        configure_root(self, Self::from_config)
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {

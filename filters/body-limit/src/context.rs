@@ -10,7 +10,7 @@ use tether_core::body_limit::{
     check_headers, parse_content_length, rejection, BodyCounter, BodyLimitPolicy, DeclaredLength, HeadersVerdict,
     Limit, Reason,
 };
-use tether_glue::{configure, Counter};
+use tether_glue::{configure, configure_root, Counter};
 
 #[derive(Default)]
 struct Metrics {
@@ -59,14 +59,7 @@ impl Context for BodyLimitRoot {}
 
 impl RootContext for BodyLimitRoot {
     fn on_configure(&mut self, _size: usize) -> bool {
-        let json = self.get_plugin_configuration().unwrap_or_default();
-        match Self::from_config(&json) {
-            Some(root) => {
-                *self = root;
-                true
-            }
-            None => false,
-        }
+        configure_root(self, Self::from_config)
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {

@@ -15,6 +15,7 @@ use proxy_wasm::types::{Action, ContextType, LogLevel};
 use serde::Deserialize;
 use serde_json::Value;
 use tether_core::config::parse_config;
+use tether_glue::configure_root;
 
 // The filters' own contexts, compiled into this module from their crates' sources. (Depending on
 // the filter crates instead would link their entry points too: one `_initialize` each.)
@@ -105,14 +106,7 @@ impl Context for EdgeRoot {}
 
 impl RootContext for EdgeRoot {
     fn on_configure(&mut self, _size: usize) -> bool {
-        let json = self.get_plugin_configuration().unwrap_or_default();
-        match EdgeRoot::from_config(&json) {
-            Some(root) => {
-                *self = root;
-                true
-            }
-            None => false,
-        }
+        configure_root(self, Self::from_config)
     }
 
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {

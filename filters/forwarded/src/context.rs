@@ -10,7 +10,7 @@ use tether_core::forwarded::{
     forwarded_element, parse_xff, redirect_location, redirect_status, ForwardedPolicy, ProtoMode,
 };
 use tether_core::routing::UPSTREAM_ADDRESS_PROPERTY;
-use tether_glue::{configure, property, Counter, UnknownUpstream};
+use tether_glue::{configure, configure_root, property, Counter, UnknownUpstream};
 
 /// Headers a client could forge; from an untrusted peer they never pass as sent.
 const FORWARDING_HEADERS: [&str; 6] =
@@ -53,14 +53,7 @@ impl Context for ForwardedRoot {}
 
 impl RootContext for ForwardedRoot {
     fn on_configure(&mut self, _size: usize) -> bool {
-        let json = self.get_plugin_configuration().unwrap_or_default();
-        match Self::from_config(&json) {
-            Some(root) => {
-                *self = root;
-                true
-            }
-            None => false,
-        }
+        configure_root(self, Self::from_config)
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {

@@ -3,7 +3,7 @@
 
 use log::warn;
 use proxy_wasm::hostcalls;
-use proxy_wasm::types::{MapType, MetricType};
+use proxy_wasm::types::{BufferType, MapType, MetricType};
 
 /// A proxy-wasm counter (`wasmcustom.<name>` in Envoy's `/stats`). If the host refuses to
 /// define it, the filter keeps working and the counter stays silent.
@@ -59,6 +59,27 @@ impl UnknownUpstream {
                 String::from_utf8_lossy(address)
             );
         }
+    }
+}
+
+/// `on_configure` for a root context built by a `from_config` function: reads the plugin
+/// configuration and replaces `root` with the configured one. `false` (Envoy refuses the
+/// configuration) when `from_config` refuses it or the host cannot hand it over; the SDK's own
+/// `get_plugin_configuration` would panic on the latter.
+pub fn configure_root<R>(root: &mut R, from_config: impl FnOnce(&[u8]) -> Option<R>) -> bool {
+    let json = match hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX) {
+        Ok(json) => json.unwrap_or_default(),
+        Err(status) => {
+            log::error!("cannot read the plugin configuration: {status:?}");
+            return false;
+        }
+    };
+    match from_config(&json) {
+        Some(configured) => {
+            *root = configured;
+            true
+        }
+        None => false,
     }
 }
 

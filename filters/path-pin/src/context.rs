@@ -8,7 +8,7 @@ use proxy_wasm::types::{Action, ContextType};
 use std::rc::Rc;
 use tether_core::path_pin::PathPinPolicy;
 use tether_core::routing::{decided_earlier, served, Served, ROUTED_BY_PROPERTY, UPSTREAM_ADDRESS_PROPERTY};
-use tether_glue::{configure, property, remove_client_session_header, set_property, Counter};
+use tether_glue::{configure, configure_root, property, remove_client_session_header, set_property, Counter};
 
 /// What `tether.routed_by` says when this filter decided.
 const ROUTED_BY_VALUE: &[u8] = b"path-pin";
@@ -50,14 +50,7 @@ impl Context for PathPinRoot {}
 
 impl RootContext for PathPinRoot {
     fn on_configure(&mut self, _size: usize) -> bool {
-        let json = self.get_plugin_configuration().unwrap_or_default();
-        match Self::from_config(&json) {
-            Some(root) => {
-                *self = root;
-                true
-            }
-            None => false,
-        }
+        configure_root(self, Self::from_config)
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {

@@ -10,8 +10,8 @@ use std::time::UNIX_EPOCH;
 use tether_core::routing::{decided_earlier, ROUTED_BY_PROPERTY, UPSTREAM_ADDRESS_PROPERTY};
 use tether_core::uri_hash::{Choice, DownList, UriHashPolicy};
 use tether_glue::{
-    configure, property, remove_client_session_header, set_property, set_shared_data, shared_data, Counter,
-    UnknownUpstream,
+    configure, configure_root, property, remove_client_session_header, set_property, set_shared_data, shared_data,
+    Counter, UnknownUpstream,
 };
 
 const ROUTED_BY_VALUE: &[u8] = b"uri-hash";
@@ -60,14 +60,7 @@ impl Context for UriHashRoot {}
 
 impl RootContext for UriHashRoot {
     fn on_configure(&mut self, _size: usize) -> bool {
-        let json = self.get_plugin_configuration().unwrap_or_default();
-        match Self::from_config(&json) {
-            Some(root) => {
-                *self = root;
-                true
-            }
-            None => false,
-        }
+        configure_root(self, Self::from_config)
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
