@@ -10,7 +10,10 @@ use std::time::UNIX_EPOCH;
 use tether_core::affinity::{AffinityPolicy, CookieState, SetReason};
 use tether_core::cookie;
 use tether_core::routing::{decided_earlier, ROUTED_BY_PROPERTY, UPSTREAM_ADDRESS_PROPERTY};
-use tether_glue::{configure, configure_root, host_env_var, property, set_property, Counter, UnknownUpstream};
+use tether_glue::{
+    configure, configure_root, host_env_var, remove_response_header_once, set_stream_property, stream_property,
+    Counter, UnknownUpstream,
+};
 
 const ROUTED_BY_VALUE: &[u8] = b"affinity";
 
@@ -71,9 +74,10 @@ impl RootContext for AffinityRoot {
         configure_root(self, Self::from_config)
     }
 
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
         Some(Box::new(AffinityRequest {
             shared: self.shared.clone()?,
+            context_id,
             decided_elsewhere: false,
             state: CookieState::Absent,
             now: None,
@@ -88,6 +92,7 @@ impl RootContext for AffinityRoot {
 
 struct AffinityRequest {
     shared: Rc<Shared>,
+    context_id: u32,
     decided_elsewhere: bool,
     state: CookieState,
     now: Option<u64>,
@@ -116,7 +121,7 @@ impl HttpContext for AffinityRequest {
         // One host call for every header we need (all Cookie lines, the session header, the
         // scheme) instead of one call each.
         let facts = policy.request_facts(&self.get_http_request_headers_bytes());
-        self.decided_elsewhere = decided_earlier(property(&[ROUTED_BY_PROPERTY]).as_deref());
+        self.decided_elsewhere = decided_earlier(stream_property(self.context_id, &[ROUTED_BY_PROPERTY]).as_deref());
         if !self.decided_elsewhere {
             let header = policy.session_header().name();
             if facts.session_header_present {
@@ -129,7 +134,7 @@ impl HttpContext for AffinityRequest {
                 CookieState::Valid { node, .. } => {
                     if let Some(value) = policy.session_value(*node) {
                         self.set_http_request_header(header, Some(value));
-                        set_property(&[ROUTED_BY_PROPERTY], ROUTED_BY_VALUE);
+                        set_stream_property(self.context_id, &[ROUTED_BY_PROPERTY], ROUTED_BY_VALUE);
                         metrics.pinned.increment();
                     }
                 }
@@ -157,11 +162,11 @@ impl HttpContext for AffinityRequest {
         let shared = Rc::clone(&self.shared);
         let (policy, metrics) = (&shared.policy, &shared.metrics);
         // Envoy's stateful_session writes the endpoint back; internal addresses stay inside.
-        self.set_http_response_header(policy.session_header().name(), None);
+        remove_response_header_once(self.context_id, policy.session_header().name());
         if self.decided_elsewhere {
             return Action::Continue; // e.g. a pinned /git/ request must not move the session
         }
-        let upstream = property(&UPSTREAM_ADDRESS_PROPERTY);
+        let upstream = stream_property(self.context_id, &UPSTREAM_ADDRESS_PROPERTY);
         let served = upstream.as_deref().and_then(|a| policy.nodes().by_upstream_address(a));
         if let (Some(raw), None) = (upstream.as_deref(), served) {
             metrics.unknown_upstream.report(raw, "no cookie is set for it");

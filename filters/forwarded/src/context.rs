@@ -10,7 +10,7 @@ use tether_core::forwarded::{
     forwarded_element, parse_xff, redirect_location, redirect_status, ForwardedPolicy, ProtoMode,
 };
 use tether_core::routing::UPSTREAM_ADDRESS_PROPERTY;
-use tether_glue::{configure, configure_root, property, Counter, UnknownUpstream};
+use tether_glue::{configure, configure_root, property, stream_property, Counter, UnknownUpstream};
 
 /// Headers a client could forge; from an untrusted peer they never pass as sent.
 const FORWARDING_HEADERS: [&str; 6] =
@@ -56,8 +56,8 @@ impl RootContext for ForwardedRoot {
         configure_root(self, Self::from_config)
     }
 
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(ForwardedRequest { shared: self.shared.clone()?, https: false }))
+    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(ForwardedRequest { shared: self.shared.clone()?, https: false, context_id }))
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -67,6 +67,7 @@ impl RootContext for ForwardedRoot {
 
 struct ForwardedRequest {
     shared: Rc<Shared>,
+    context_id: u32,
     /// The request's effective scheme is https: HSTS goes on its response.
     https: bool,
 }
@@ -171,7 +172,7 @@ impl HttpContext for ForwardedRequest {
             }
         }
         if let Some(served_by) = &policy.served_by {
-            let upstream = property(&UPSTREAM_ADDRESS_PROPERTY);
+            let upstream = stream_property(self.context_id, &UPSTREAM_ADDRESS_PROPERTY);
             if let Some(raw) = upstream.as_deref() {
                 match served_by.nodes.by_upstream_address(raw) {
                     Some(node) => self.add_http_response_header(&served_by.header, &node.name),

@@ -8,7 +8,10 @@ use proxy_wasm::types::{Action, ContextType};
 use std::rc::Rc;
 use tether_core::path_pin::PathPinPolicy;
 use tether_core::routing::{decided_earlier, served, Served, ROUTED_BY_PROPERTY, UPSTREAM_ADDRESS_PROPERTY};
-use tether_glue::{configure, configure_root, property, remove_client_session_header, set_property, Counter};
+use tether_glue::{
+    configure, configure_root, remove_client_session_header, remove_response_header_once, set_stream_property,
+    stream_property, Counter,
+};
 
 /// What `tether.routed_by` says when this filter decided.
 const ROUTED_BY_VALUE: &[u8] = b"path-pin";
@@ -53,8 +56,8 @@ impl RootContext for PathPinRoot {
         configure_root(self, Self::from_config)
     }
 
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(PathPinRequest { shared: self.shared.clone()?, pinned_rule: None }))
+    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(PathPinRequest { shared: self.shared.clone()?, pinned_rule: None, context_id }))
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -64,6 +67,7 @@ impl RootContext for PathPinRoot {
 
 struct PathPinRequest {
     shared: Rc<(PathPinPolicy, Metrics)>,
+    context_id: u32,
     pinned_rule: Option<usize>,
 }
 
@@ -73,7 +77,7 @@ impl HttpContext for PathPinRequest {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         let shared = Rc::clone(&self.shared);
         let (policy, metrics) = &*shared;
-        if decided_earlier(property(&[ROUTED_BY_PROPERTY]).as_deref()) {
+        if decided_earlier(stream_property(self.context_id, &[ROUTED_BY_PROPERTY]).as_deref()) {
             return Action::Continue; // the session header belongs to the filter that decided
         }
         let header = policy.session_header().name();
@@ -85,7 +89,7 @@ impl HttpContext for PathPinRequest {
         let path = self.get_http_request_header_bytes(":path").unwrap_or_default();
         if let Some((index, rule)) = policy.pin_for(method.as_deref().unwrap_or_default(), &path) {
             self.set_http_request_header(header, Some(&rule.session_value));
-            set_property(&[ROUTED_BY_PROPERTY], ROUTED_BY_VALUE);
+            set_stream_property(self.context_id, &[ROUTED_BY_PROPERTY], ROUTED_BY_VALUE);
             if let Some(counter) = metrics.pinned.get(index) {
                 counter.increment();
             }
@@ -98,9 +102,9 @@ impl HttpContext for PathPinRequest {
         let shared = Rc::clone(&self.shared);
         let (policy, metrics) = &*shared;
         // Envoy's stateful_session writes the chosen endpoint back; internal addresses stay inside.
-        self.set_http_response_header(policy.session_header().name(), None);
+        remove_response_header_once(self.context_id, policy.session_header().name());
         if let Some(rule) = self.pinned_rule.and_then(|i| policy.rules().get(i)) {
-            let upstream = property(&UPSTREAM_ADDRESS_PROPERTY);
+            let upstream = stream_property(self.context_id, &UPSTREAM_ADDRESS_PROPERTY);
             if let Served::ByOther(other) = served(&rule.address, upstream.as_deref()) {
                 metrics.pinned_node_did_not_serve.increment();
                 let other_name =

@@ -10,8 +10,8 @@ use std::time::UNIX_EPOCH;
 use tether_core::routing::{decided_earlier, ROUTED_BY_PROPERTY, UPSTREAM_ADDRESS_PROPERTY};
 use tether_core::uri_hash::{Choice, DownList, UriHashPolicy};
 use tether_glue::{
-    configure, configure_root, property, remove_client_session_header, set_property, set_shared_data, shared_data,
-    Counter, UnknownUpstream,
+    configure, configure_root, remove_client_session_header, remove_response_header_once, set_shared_data,
+    set_stream_property, shared_data, stream_property, Counter, UnknownUpstream,
 };
 
 const ROUTED_BY_VALUE: &[u8] = b"uri-hash";
@@ -63,8 +63,8 @@ impl RootContext for UriHashRoot {
         configure_root(self, Self::from_config)
     }
 
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(UriHashRequest { shared: self.shared.clone()?, choice: None }))
+    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(UriHashRequest { shared: self.shared.clone()?, choice: None, context_id }))
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -74,6 +74,7 @@ impl RootContext for UriHashRoot {
 
 struct UriHashRequest {
     shared: Rc<Shared>,
+    context_id: u32,
     choice: Option<Choice>,
 }
 
@@ -106,7 +107,7 @@ impl HttpContext for UriHashRequest {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         let shared = Rc::clone(&self.shared);
         let (policy, metrics) = (&shared.policy, &shared.metrics);
-        if decided_earlier(property(&[ROUTED_BY_PROPERTY]).as_deref()) {
+        if decided_earlier(stream_property(self.context_id, &[ROUTED_BY_PROPERTY]).as_deref()) {
             return Action::Continue;
         }
         let header = policy.session_header().name();
@@ -124,7 +125,7 @@ impl HttpContext for UriHashRequest {
         };
         if let Some(value) = policy.session_value(choice.node) {
             self.set_http_request_header(header, Some(value));
-            set_property(&[ROUTED_BY_PROPERTY], ROUTED_BY_VALUE);
+            set_stream_property(self.context_id, &[ROUTED_BY_PROPERTY], ROUTED_BY_VALUE);
             metrics.hashed.increment();
             if choice.node != choice.primary {
                 metrics.routed_away.increment();
@@ -137,9 +138,9 @@ impl HttpContext for UriHashRequest {
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         let shared = Rc::clone(&self.shared);
         let policy = &shared.policy;
-        self.set_http_response_header(policy.session_header().name(), None);
+        remove_response_header_once(self.context_id, policy.session_header().name());
         let Some(choice) = self.choice else { return Action::Continue };
-        let upstream = property(&UPSTREAM_ADDRESS_PROPERTY);
+        let upstream = stream_property(self.context_id, &UPSTREAM_ADDRESS_PROPERTY);
         let Some(raw) = upstream.as_deref() else { return Action::Continue }; // a local reply
         let Some(served) = policy.nodes().by_upstream_address(raw) else {
             shared.metrics.unknown_upstream.report(raw, "failovers cannot be recorded");

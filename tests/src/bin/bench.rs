@@ -486,6 +486,11 @@ fn main() {
         }
     }
 
+    // BENCH_ONLY=envoy,tether-edge: measure only these arms (a quicker look at one change).
+    if let Ok(only) = std::env::var("BENCH_ONLY") {
+        let only: Vec<&str> = only.split(',').map(str::trim).collect();
+        arms.retain(|a| a.name == "envoy" || only.contains(&a.name.as_str()));
+    }
     let base_rss: BTreeMap<String, u64> =
         arms.iter().map(|a| (a.name.clone(), process_rss_kib(a.proxy.pid()))).collect();
     let mut samples: BTreeMap<String, Samples> = BTreeMap::new();
