@@ -59,11 +59,9 @@ impl AffinityRoot {
     /// it; `None` after logging why the configuration is refused. tether-edge calls this with
     /// its section of a combined configuration.
     pub fn from_config(json: &[u8]) -> Option<AffinityRoot> {
-        let mut root = AffinityRoot::default();
         let parse = |json: &[u8]| AffinityPolicy::from_json(json, host_env_var);
         let policy = configure("affinity", json, parse, AffinityPolicy::summary)?;
-        root.shared = Some(Rc::new(Shared { policy, metrics: Metrics::define() }));
-        Some(root)
+        Some(AffinityRoot { shared: Some(Rc::new(Shared { policy, metrics: Metrics::define() })) })
     }
 }
 

@@ -47,11 +47,8 @@ impl BodyLimitRoot {
     /// it; `None` after logging why the configuration is refused. tether-edge calls this with
     /// its section of a combined configuration.
     pub fn from_config(json: &[u8]) -> Option<BodyLimitRoot> {
-        let mut root = BodyLimitRoot::default();
         let policy = configure("body-limit", json, BodyLimitPolicy::from_json, BodyLimitPolicy::summary)?;
-        root.policy = Some(Rc::new(policy));
-        root.metrics = Rc::new(Metrics::define());
-        Some(root)
+        Some(BodyLimitRoot { policy: Some(Rc::new(policy)), metrics: Rc::new(Metrics::define()) })
     }
 }
 

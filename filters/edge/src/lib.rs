@@ -15,7 +15,7 @@ use proxy_wasm::types::{Action, ContextType, LogLevel};
 use serde::Deserialize;
 use serde_json::Value;
 use tether_core::config::parse_config;
-use tether_glue::configure_root;
+use tether_glue::{configure, configure_root, share_stream_facts};
 
 // The filters' own contexts, compiled into this module from their crates' sources. (Depending on
 // the filter crates instead would link their entry points too: one `_initialize` each.)
@@ -60,13 +60,15 @@ struct EdgeRoot {
 
 impl EdgeRoot {
     fn from_config(json: &[u8]) -> Option<EdgeRoot> {
-        let config: EdgeConfig = match parse_config(json) {
-            Ok(c) => c,
-            Err(e) => {
-                log::error!("edge: invalid configuration: {e}");
-                return None;
-            }
-        };
+        let root = configure("edge", json, EdgeRoot::build, |r| format!("{} filter(s) in one VM", r.parts.len()))?;
+        // The parts run in this one VM: let them share what they learn of a stream.
+        share_stream_facts();
+        Some(root)
+    }
+
+    /// Each present section handed to its filter's own root, in chain order.
+    fn build(json: &[u8]) -> Result<EdgeRoot, String> {
+        let config: EdgeConfig = parse_config(json).map_err(|e| e.to_string())?;
         let sections: [(&str, Option<Value>, BuildRoot); 5] = [
             ("forwarded", config.forwarded, |j| ForwardedRoot::from_config(j).map(boxed)),
             ("body_limit", config.body_limit, |j| BodyLimitRoot::from_config(j).map(boxed)),
@@ -77,21 +79,14 @@ impl EdgeRoot {
         let mut parts = Vec::new();
         for (name, section, build) in sections {
             let Some(section) = section else { continue };
-            let Ok(json) = serde_json::to_vec(&section) else { return None };
-            let Some(root) = build(&json) else {
-                log::error!("edge: invalid configuration: section {name:?} refused (see the line above)");
-                return None;
-            };
-            parts.push(root);
+            let json = serde_json::to_vec(&section).map_err(|e| e.to_string())?;
+            // The filter's own line already said why.
+            parts.push(build(&json).ok_or_else(|| format!("section {name:?} refused (see the line above)"))?);
         }
         if parts.is_empty() {
-            log::error!(
-                "edge: invalid configuration: no section; expected some of forwarded, body_limit, path_pin, uri_hash, affinity"
-            );
-            return None;
+            return Err("no section; expected some of forwarded, body_limit, path_pin, uri_hash, affinity".into());
         }
-        log::info!("edge: configured: {} filter(s) in one VM", parts.len());
-        Some(EdgeRoot { parts })
+        Ok(EdgeRoot { parts })
     }
 }
 

@@ -37,15 +37,13 @@ impl ForwardedRoot {
     /// it; `None` after logging why the configuration is refused. tether-edge calls this with
     /// its section of a combined configuration.
     pub fn from_config(json: &[u8]) -> Option<ForwardedRoot> {
-        let mut root = ForwardedRoot::default();
         let policy = configure("forwarded", json, ForwardedPolicy::from_json, ForwardedPolicy::summary)?;
         let metrics = Metrics {
             forged_discarded: Counter::define("tether_forwarded.forged_discarded"),
             redirects: Counter::define("tether_forwarded.redirects"),
             unknown_upstream: UnknownUpstream::define("tether_forwarded"),
         };
-        root.shared = Some(Rc::new(Shared { policy, metrics }));
-        Some(root)
+        Some(ForwardedRoot { shared: Some(Rc::new(Shared { policy, metrics })) })
     }
 }
 

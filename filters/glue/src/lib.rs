@@ -137,14 +137,16 @@ pub fn set_property(path: &[&str], value: &[u8]) {
 }
 
 /// What this VM already learnt from, or told, the host about one stream, so that filters sharing
-/// a VM (tether-edge runs all five in one) ask once: a property read by a second filter, or a
-/// response header a second filter would remove again, costs no host call. Keyed by the
-/// stream's context id; a callback for another stream starts afresh, so nothing is ever served
-/// from another stream, and in a VM of its own each filter simply asks the host as before.
+/// a VM ask once: a property read by a second filter, or a response header a second filter would
+/// remove again, costs no host call. Only tether-edge, which runs all five in one VM, turns it on
+/// ([`share_stream_facts`]); a filter in a VM of its own asks the host directly, with no memo to
+/// keep. Keyed by the stream's context id: a callback for another stream starts afresh, so
+/// nothing is ever served from another stream.
 #[derive(Default)]
 struct StreamMemo {
+    sharing: bool,
     context_id: u32,
-    properties: Vec<(Vec<String>, Option<Vec<u8>>)>,
+    properties: Vec<(&'static [&'static str], Option<Vec<u8>>)>,
     removed_response_headers: Vec<String>,
 }
 
@@ -152,51 +154,58 @@ thread_local! {
     static MEMO: std::cell::RefCell<StreamMemo> = std::cell::RefCell::new(StreamMemo::default());
 }
 
-/// Runs `f` on the stream's memo; `None` if the memo is busy (never expected: no re-entrance).
+/// Lets the filters of this VM share what they learn of a stream (tether-edge, at configure).
+pub fn share_stream_facts() {
+    MEMO.with(|memo| {
+        if let Ok(mut memo) = memo.try_borrow_mut() {
+            memo.sharing = true;
+        }
+    });
+}
+
+/// Runs `f` on the stream's memo; `None` when sharing is off (or the memo is busy, which no
+/// callback re-enters to cause).
 fn with_memo<T>(context_id: u32, f: impl FnOnce(&mut StreamMemo) -> T) -> Option<T> {
     MEMO.with(|memo| {
-        let mut memo = memo.try_borrow_mut().ok()?;
+        let mut memo = memo.try_borrow_mut().ok().filter(|m| m.sharing)?;
         if memo.context_id != context_id {
-            *memo = StreamMemo { context_id, ..StreamMemo::default() };
+            *memo = StreamMemo { sharing: true, context_id, ..StreamMemo::default() };
         }
         Some(f(&mut memo))
     })
 }
 
-/// [`property`] for stream `context_id`, asked of the host once per stream and VM.
-pub fn stream_property(context_id: u32, path: &[&str]) -> Option<Vec<u8>> {
-    let known = with_memo(context_id, |m| {
-        m.properties.iter().find(|(p, _)| p.iter().map(String::as_str).eq(path.iter().copied())).map(|(_, v)| v.clone())
-    })
-    .flatten();
-    if let Some(value) = known {
-        return value;
+/// [`property`] for stream `context_id`: asked of the host once per stream when sharing.
+pub fn stream_property(context_id: u32, path: &'static [&'static str]) -> Option<Vec<u8>> {
+    if let Some(known) =
+        with_memo(context_id, |m| m.properties.iter().find(|(p, _)| *p == path).map(|(_, v)| v.clone())).flatten()
+    {
+        return known;
     }
     let value = property(path);
-    with_memo(context_id, |m| m.properties.push((path.iter().map(|s| (*s).to_string()).collect(), value.clone())));
+    with_memo(context_id, |m| m.properties.push((path, value.clone())));
     value
 }
 
 /// [`set_property`] for stream `context_id`; later [`stream_property`] reads see the value.
-pub fn set_stream_property(context_id: u32, path: &[&str], value: &[u8]) {
+pub fn set_stream_property(context_id: u32, path: &'static [&'static str], value: &[u8]) {
     set_property(path, value);
     with_memo(context_id, |m| {
-        m.properties.retain(|(p, _)| !p.iter().map(String::as_str).eq(path.iter().copied()));
-        m.properties.push((path.iter().map(|s| (*s).to_string()).collect(), Some(value.to_vec())));
+        m.properties.retain(|(p, _)| *p != path);
+        m.properties.push((path, Some(value.to_vec())));
     });
 }
 
-/// Removes response header `name` of stream `context_id`, once per stream and VM.
+/// Removes response header `name` of stream `context_id`: once per stream when sharing.
 pub fn remove_response_header_once(context_id: u32, name: &str) {
-    let first = with_memo(context_id, |m| {
-        if m.removed_response_headers.iter().any(|h| h == name) {
-            return false;
+    let already = with_memo(context_id, |m| {
+        let seen = m.removed_response_headers.iter().any(|h| h == name);
+        if !seen {
+            m.removed_response_headers.push(name.to_string());
         }
-        m.removed_response_headers.push(name.to_string());
-        true
-    })
-    .unwrap_or(true);
-    if first {
+        seen
+    });
+    if already != Some(true) {
         let _ = hostcalls::set_map_value(MapType::HttpResponseHeaders, name, None);
     }
 }

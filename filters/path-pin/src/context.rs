@@ -33,7 +33,6 @@ impl PathPinRoot {
     /// it; `None` after logging why the configuration is refused. tether-edge calls this with
     /// its section of a combined configuration.
     pub fn from_config(json: &[u8]) -> Option<PathPinRoot> {
-        let mut root = PathPinRoot::default();
         let policy = configure("path-pin", json, PathPinPolicy::from_json, PathPinPolicy::summary)?;
         let metrics = Metrics {
             pinned: policy
@@ -44,8 +43,7 @@ impl PathPinRoot {
             client_session_header_removed: Counter::define("tether_path_pin.client_session_header_removed"),
             pinned_node_did_not_serve: Counter::define("tether_path_pin.pinned_node_did_not_serve"),
         };
-        root.shared = Some(Rc::new((policy, metrics)));
-        Some(root)
+        Some(PathPinRoot { shared: Some(Rc::new((policy, metrics))) })
     }
 }
 

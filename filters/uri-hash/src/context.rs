@@ -41,7 +41,6 @@ impl UriHashRoot {
     /// it; `None` after logging why the configuration is refused. tether-edge calls this with
     /// its section of a combined configuration.
     pub fn from_config(json: &[u8]) -> Option<UriHashRoot> {
-        let mut root = UriHashRoot::default();
         let policy = configure("uri-hash", json, UriHashPolicy::from_json, UriHashPolicy::summary)?;
         let c = |name: &str| Counter::define(&format!("tether_uri_hash.{name}"));
         let metrics = Metrics {
@@ -51,8 +50,7 @@ impl UriHashRoot {
             client_session_header_removed: c("client_session_header_removed"),
             unknown_upstream: UnknownUpstream::define("tether_uri_hash"),
         };
-        root.shared = Some(Rc::new(Shared { policy, metrics }));
-        Some(root)
+        Some(UriHashRoot { shared: Some(Rc::new(Shared { policy, metrics })) })
     }
 }
 
