@@ -1,6 +1,6 @@
 //! Clients: real curl for traffic through Envoy, a tiny HTTP/1.0 GET for admin endpoints.
 
-use std::io::{Read, Write};
+use std::io::{BufRead, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -230,4 +230,33 @@ pub fn tls_websocket_handshake(addr: SocketAddr, cookie: &str) -> (u16, String) 
     let _ = child.kill();
     let _ = child.wait();
     (status, node)
+}
+
+/// Reads one response from a keep-alive HTTP/1.1 connection (Content-Length framing, as Envoy,
+/// HAProxy and test-node answer the load generators): status and headers (names lower-cased);
+/// the body is read and dropped. An error when the connection ends mid-response.
+pub fn read_keepalive_response(reader: &mut impl BufRead) -> std::io::Result<(u16, Vec<(String, String)>)> {
+    let (mut status, mut headers, mut length) = (0u16, Vec::new(), 0usize);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if reader.read_line(&mut line)? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        let l = line.trim_end();
+        if l.is_empty() {
+            break;
+        }
+        if let Some(rest) = l.strip_prefix("HTTP/1.1 ") {
+            status = rest.get(..3).and_then(|c| c.parse().ok()).unwrap_or(0);
+        } else if let Some((n, v)) = l.split_once(':') {
+            let (n, v) = (n.trim().to_ascii_lowercase(), v.trim().to_string());
+            if n == "content-length" {
+                length = v.parse().unwrap_or(0);
+            }
+            headers.push((n, v));
+        }
+    }
+    std::io::copy(&mut reader.take(length as u64), &mut std::io::sink())?;
+    Ok((status, headers))
 }

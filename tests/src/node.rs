@@ -89,9 +89,13 @@ pub fn three_nodes() -> Vec<TestNode> {
 }
 
 /// The nodes table for these nodes, as filter JSON: `[{"name": ..., "address": ...}, ...]`.
-pub fn nodes_json(nodes: &[TestNode]) -> String {
-    let entries: Vec<String> =
-        nodes.iter().map(|n| format!(r#"{{"name": "{}", "address": "{}"}}"#, n.name, n.addr)).collect();
+/// Takes the nodes themselves or references to them.
+pub fn nodes_json<N: std::borrow::Borrow<TestNode>>(nodes: &[N]) -> String {
+    let entries: Vec<String> = nodes
+        .iter()
+        .map(|n| n.borrow())
+        .map(|n| format!(r#"{{"name": "{}", "address": "{}"}}"#, n.name, n.addr))
+        .collect();
     format!("[{}]", entries.join(", "))
 }
 

@@ -116,10 +116,6 @@ fn set_cookie(r: &CurlResponse) -> Option<&str> {
     r.headers.iter().find(|(n, v)| n == "set-cookie" && v.starts_with("server-pro-ha=")).map(|(_, v)| v.as_str())
 }
 
-fn received(r: &CurlResponse, name: &str) -> Vec<String> {
-    r.received_header(name)
-}
-
 /// A new session served by `node`: fresh clients until the proxy's balancer picks it.
 fn session_on(front: &Front, node: &str) -> String {
     for _ in 0..30 {
@@ -234,8 +230,11 @@ fn overleaf_guide_haproxy_and_envoy_behave_alike() {
                 ("x-real-ip", "1.1.1.1"),
             ],
         );
-        let (xff, xfp, real) =
-            (received(&r, "x-forwarded-for"), received(&r, "x-forwarded-proto"), received(&r, "x-real-ip"));
+        let (xff, xfp, real) = (
+            r.received_header("x-forwarded-for"),
+            r.received_header("x-forwarded-proto"),
+            r.received_header("x-real-ip"),
+        );
         assert_eq!(xfp, ["https"], "{}", f.label);
         if is_haproxy {
             assert_eq!(xff, ["6.6.6.6", "127.0.0.1"], "option forwardfor appends");
@@ -244,7 +243,7 @@ fn overleaf_guide_haproxy_and_envoy_behave_alike() {
             assert_eq!(xff, ["127.0.0.1"]);
             assert_eq!(real, ["127.0.0.1"]);
         }
-        assert!(received(&r, "cookie").iter().any(|c| c.contains("server-pro-ha=")), "{}: no indirect", f.label);
+        assert!(r.received_header("cookie").iter().any(|c| c.contains("server-pro-ha=")), "{}: no indirect", f.label);
         note(3, format!("`{}`", xff.join("` + `")));
         note(4, format!("`{}`", xfp.join(", ")));
         note(5, if real.is_empty() { "none".into() } else { format!("`{}`", real.join(", ")) });
@@ -477,7 +476,7 @@ fn sharelatex_guide_same_key_grouping_as_haproxy() {
             for _ in 0..10 {
                 let r = plain_get(addr, "/user/settings", &[("cookie", &cookie)]);
                 assert_eq!(node_of(&r), node, "{label}");
-                assert!(received(&r, "cookie").is_empty(), "{label}: indirect removes the cookie");
+                assert!(r.received_header("cookie").is_empty(), "{label}: indirect removes the cookie");
             }
             assert_eq!(cache, "private", "nocache");
             obs[2].push(format!(
@@ -503,8 +502,8 @@ fn sharelatex_guide_same_key_grouping_as_haproxy() {
                 format!("`{}`", values.join("` + `"))
             }
         };
-        obs[4].push(shown(received(&r, "x-forwarded-proto")));
-        obs[5].push(shown(received(&r, "x-forwarded-for")));
+        obs[4].push(shown(r.received_header("x-forwarded-proto")));
+        obs[5].push(shown(r.received_header("x-forwarded-for")));
     }
     let scenarios = [
         "`/project/<id>/...` (5 paths each)",

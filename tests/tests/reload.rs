@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tether_e2e::http::request;
+use tether_e2e::node::nodes_json;
 use tether_e2e::{wait_for, Envoy, EnvoyConfig, ScratchDir, TestNode, WasmFilter};
 
 const HEADER: &str = "x-tether-session";
@@ -27,9 +28,7 @@ struct Dynamic {
 }
 
 fn affinity_config(nodes: &[&TestNode], extra: &str) -> EnvoyConfig {
-    let owned: Vec<String> =
-        nodes.iter().map(|n| format!(r#"{{"name": "{}", "address": "{}"}}"#, n.name, n.addr)).collect();
-    let table = format!("[{}]", owned.join(", "));
+    let table = nodes_json(nodes);
     let filter =
         WasmFilter::new("affinity", &format!(r#"{{"nodes": {table}, "cookie": {{"keys": ["{KEY}"]{extra}}}}}"#));
     EnvoyConfig::new(vec![filter], nodes).with_routing(HEADER)

@@ -16,10 +16,6 @@ fn call(url: &str, extra: &[&str]) -> CurlResponse {
     curl(&args, None)
 }
 
-fn received(r: &CurlResponse, name: &str) -> Vec<String> {
-    r.received_header(name)
-}
-
 fn node_of(r: &CurlResponse) -> String {
     r.header("x-node").unwrap_or_default().to_string()
 }
@@ -45,11 +41,11 @@ fn rocketchat_sticky_route_cookie_websocket_and_nginx_headers() {
     for _ in 0..10 {
         let r = call(&format!("{base}/api/v1/me"), &["-H", &format!("cookie: {cookie}")]);
         assert_eq!(node_of(&r), node);
-        assert_eq!(received(&r, "x-real-ip"), ["127.0.0.1"]);
-        assert_eq!(received(&r, "x-forwarded-for"), ["127.0.0.1"]);
-        assert_eq!(received(&r, "x-forwarded-proto"), ["https"]);
-        assert_eq!(received(&r, "x-nginx-proxy"), ["true"]);
-        assert_eq!(received(&r, "host"), [envoy.listener_named("https").unwrap().to_string()]);
+        assert_eq!(r.received_header("x-real-ip"), ["127.0.0.1"]);
+        assert_eq!(r.received_header("x-forwarded-for"), ["127.0.0.1"]);
+        assert_eq!(r.received_header("x-forwarded-proto"), ["https"]);
+        assert_eq!(r.received_header("x-nginx-proxy"), ["true"]);
+        assert_eq!(r.received_header("host"), [envoy.listener_named("https").unwrap().to_string()]);
     }
     // Meteor's DDP WebSocket follows the cookie.
     for _ in 0..5 {
@@ -81,7 +77,7 @@ fn apostrophe_round_robin_failover_and_32m_limit() {
     for _ in 0..20 {
         let r = call(&format!("{base}/"), &["-H", "x-real-ip: 6.6.6.6"]);
         assert_eq!(r.status(), 200);
-        assert_eq!(received(&r, "x-real-ip"), ["127.0.0.1"], "the client's own X-Real-IP is not believed");
+        assert_eq!(r.received_header("x-real-ip"), ["127.0.0.1"], "the client's own X-Real-IP is not believed");
         *counts.entry(node_of(&r)).or_insert(0) += 1;
     }
     assert_eq!(counts.values().copied().collect::<Vec<_>>(), [10, 10], "round robin: {counts:?}");

@@ -18,12 +18,12 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::Command;
 use std::time::{Duration, Instant};
 use tether_e2e::haproxy::Haproxy;
-use tether_e2e::http::{request, Response};
+use tether_e2e::http::{read_keepalive_response, request, Response};
 use tether_e2e::node::nodes_json;
 use tether_e2e::{process_cpu_time, process_rss_kib, repo_root, Envoy, EnvoyConfig, TestNode, WasmFilter};
 
@@ -197,7 +197,8 @@ fn open_loop(arm: &Arm, rate: u32, duration: Duration, conns: u32) -> (f64, f64)
                         std::thread::sleep(wait);
                     }
                     writer.write_all(head.as_bytes()).unwrap_or_else(|e| panic!("{name}: {e}"));
-                    read_response(&mut reader, &name);
+                    let status = read_keepalive_response(&mut reader).map(|(status, _)| status);
+                    assert!(matches!(status, Ok(200)), "{name}: a request failed under load: {status:?}");
                     latencies.push(due.elapsed().as_secs_f64() * 1e6);
                     i += 1;
                 }
@@ -211,41 +212,7 @@ fn open_loop(arm: &Arm, rate: u32, duration: Duration, conns: u32) -> (f64, f64)
     (at(0.50), at(0.99))
 }
 
-fn read_response(reader: &mut BufReader<TcpStream>, name: &str) {
-    let mut line = String::new();
-    let mut length = 0usize;
-    let mut status_ok = false;
-    loop {
-        line.clear();
-        if reader.read_line(&mut line).unwrap_or(0) == 0 {
-            panic!("{name}: connection closed mid-response");
-        }
-        if line.starts_with("HTTP/1.1 ") {
-            status_ok = line.starts_with("HTTP/1.1 200");
-        }
-        if let Some((n, v)) = line.split_once(':') {
-            if n.eq_ignore_ascii_case("content-length") {
-                length = v.trim().parse().unwrap_or(0);
-            }
-        }
-        if line == "\r\n" {
-            break;
-        }
-    }
-    assert!(status_ok, "{name}: a request failed under load");
-    let mut body = vec![0u8; length];
-    reader.read_exact(&mut body).unwrap_or_else(|e| panic!("{name}: {e}"));
-}
-
 // ---- arms --------------------------------------------------------------------------------------
-
-fn wasm(filter: &str, config: &str) -> WasmFilter {
-    let mut f = WasmFilter::new(filter, config);
-    if filter == "noop" {
-        f.config_json = String::new();
-    }
-    f
-}
 
 fn with_routing(mut c: EnvoyConfig) -> EnvoyConfig {
     c = c.with_routing(SESSION_HEADER);
@@ -373,31 +340,31 @@ fn main() {
     arms.push(envoy_arm(
         "noop",
         "an empty Rust proxy-wasm filter: the floor",
-        EnvoyConfig::new(vec![wasm("noop", "")], &refs),
+        EnvoyConfig::new(vec![WasmFilter::new("noop", "")], &refs),
         &["noop"],
     ));
     arms.push(envoy_arm(
         "body-limit",
         "Tether body-limit (GET)",
-        EnvoyConfig::new(vec![wasm("body-limit", &body_limit)], &refs),
+        EnvoyConfig::new(vec![WasmFilter::new("body-limit", &body_limit)], &refs),
         &["body_limit"],
     ));
     arms.push(envoy_arm(
         "forwarded",
         "Tether forwarded",
-        EnvoyConfig::new(vec![wasm("forwarded", &forwarded)], &refs),
+        EnvoyConfig::new(vec![WasmFilter::new("forwarded", &forwarded)], &refs),
         &["forwarded"],
     ));
     arms.push(envoy_arm(
         "path-pin",
         "Tether path-pin (a path it does not pin)",
-        with_routing(EnvoyConfig::new(vec![wasm("path-pin", &path_pin)], &refs)),
+        with_routing(EnvoyConfig::new(vec![WasmFilter::new("path-pin", &path_pin)], &refs)),
         &["path_pin"],
     ));
     let mut hash = envoy_arm(
         "uri-hash",
         "Tether uri-hash (a project path)",
-        with_routing(EnvoyConfig::new(vec![wasm("uri-hash", &uri_hash)], &refs)),
+        with_routing(EnvoyConfig::new(vec![WasmFilter::new("uri-hash", &uri_hash)], &refs)),
         &["uri_hash"],
     );
     hash.path = "/project/5f3c/output/output.pdf".into();
@@ -405,15 +372,15 @@ fn main() {
     arms.push(envoy_arm(
         "affinity",
         "Tether affinity (returning session)",
-        with_routing(EnvoyConfig::new(vec![wasm("affinity", &affinity)], &refs)),
+        with_routing(EnvoyConfig::new(vec![WasmFilter::new("affinity", &affinity)], &refs)),
         &["affinity"],
     ));
     let five = vec![
-        wasm("forwarded", &forwarded),
-        wasm("body-limit", &body_limit),
-        wasm("path-pin", &path_pin),
-        wasm("uri-hash", &uri_hash),
-        wasm("affinity", &affinity),
+        WasmFilter::new("forwarded", &forwarded),
+        WasmFilter::new("body-limit", &body_limit),
+        WasmFilter::new("path-pin", &path_pin),
+        WasmFilter::new("uri-hash", &uri_hash),
+        WasmFilter::new("affinity", &affinity),
     ];
     arms.push(envoy_arm(
         "tether (all five)",
@@ -427,7 +394,7 @@ fn main() {
     arms.push(envoy_arm(
         "tether-edge",
         "the same five in one module and one VM (tether-edge)",
-        with_routing(EnvoyConfig::new(vec![wasm("edge", &edge)], &refs)),
+        with_routing(EnvoyConfig::new(vec![WasmFilter::new("edge", &edge)], &refs)),
         &["edge"],
     ));
     let mut native = EnvoyConfig::new(vec![], &refs);

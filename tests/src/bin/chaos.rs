@@ -17,13 +17,13 @@
 //! after each; goal: RSS flat after warm-up (growth under 1 MiB), no falling throughput.
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tether_e2e::http::request;
+use tether_e2e::http::{read_keepalive_response, request};
 use tether_e2e::node::nodes_json;
 use tether_e2e::{admin_get, process_rss_kib, Envoy, EnvoyConfig, TestNode, WasmFilter};
 
@@ -64,32 +64,14 @@ fn exchange(
         *conn = None;
         return None;
     }
-    let (mut status, mut node, mut length, mut close, mut set) = (0u16, String::new(), 0usize, false, None);
-    let mut line = String::new();
-    loop {
-        line.clear();
-        if reader.read_line(&mut line).unwrap_or(0) == 0 {
-            *conn = None;
-            return None;
-        }
-        let l = line.trim_end();
-        if l.is_empty() {
-            break;
-        }
-        if let Some(rest) = l.strip_prefix("HTTP/1.1 ") {
-            status = rest.get(..3).and_then(|s| s.parse().ok()).unwrap_or(0);
-        } else if let Some((n, v)) = l.split_once(':') {
-            match n.to_ascii_lowercase().as_str() {
-                "content-length" => length = v.trim().parse().unwrap_or(0),
-                "x-node" => node = v.trim().to_string(),
-                "connection" => close = v.trim().eq_ignore_ascii_case("close"),
-                "set-cookie" => set = v.trim().split(';').next().map(String::from),
-                _ => {}
-            }
-        }
-    }
-    let mut sink = vec![0u8; length];
-    if reader.read_exact(&mut sink).is_err() || close {
+    let Ok((status, headers)) = read_keepalive_response(reader) else {
+        *conn = None;
+        return None;
+    };
+    let header = |name: &str| headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str());
+    let node = header("x-node").unwrap_or_default().to_string();
+    let set = header("set-cookie").and_then(|v| v.split(';').next()).map(String::from);
+    if header("connection").is_some_and(|v| v.eq_ignore_ascii_case("close")) {
         *conn = None;
     }
     Some((status, node, set))
