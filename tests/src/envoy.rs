@@ -38,6 +38,8 @@ pub struct WasmFilter {
     pub env_keys: Vec<String>,
     /// `failure_policy` (`FAIL_CLOSED`, `FAIL_OPEN`, `FAIL_RELOAD`); none: `fail_open: false`.
     pub failure_policy: Option<String>,
+    /// A `.wasm` to load instead of the filter's release build (the benchmark's variants).
+    pub code: Option<PathBuf>,
 }
 
 impl WasmFilter {
@@ -51,6 +53,7 @@ impl WasmFilter {
             instance: None,
             env_keys: Vec::new(),
             failure_policy: None,
+            code: None,
         }
     }
 
@@ -92,7 +95,7 @@ impl WasmFilter {
                 configuration:
                   "@type": type.googleapis.com/{type_url}
                   value: {value}"#,
-            path = wasm_path(&self.filter).display().to_string(),
+            path = self.code.clone().unwrap_or_else(|| wasm_path(&self.filter)).display().to_string(),
             env_keys = self.env_keys,
             failure = match &self.failure_policy {
                 Some(policy) => format!("failure_policy: {policy}"),

@@ -10,6 +10,7 @@ pub mod http;
 pub mod node;
 pub mod sample;
 pub mod wait;
+pub mod wasm_exports;
 
 use std::path::PathBuf;
 
@@ -59,8 +60,24 @@ impl Drop for ScratchDir {
     }
 }
 
-/// CPU time a process has used so far (user + system, all threads), from /proc.
+/// CPU time a process has used so far, all threads: the scheduler's exact on-CPU time
+/// (`/proc/<pid>/task/*/schedstat`, nanoseconds), else user + system from `/proc/<pid>/stat`
+/// (clock ticks: 10 ms steps). Threads that already exited are not counted by the first; the
+/// proxies measured here keep theirs.
 pub fn process_cpu_time(pid: u32) -> std::time::Duration {
+    scheduler_cpu_time(pid).unwrap_or_else(|| ticks_cpu_time(pid))
+}
+
+fn scheduler_cpu_time(pid: u32) -> Option<std::time::Duration> {
+    let mut nanos: u64 = 0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
+        let schedstat = std::fs::read_to_string(task.ok()?.path().join("schedstat")).ok()?;
+        nanos += schedstat.split_whitespace().next()?.parse::<u64>().ok()?;
+    }
+    (nanos > 0).then(|| std::time::Duration::from_nanos(nanos))
+}
+
+fn ticks_cpu_time(pid: u32) -> std::time::Duration {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Fields after the ")" that closes the command name; utime and stime are 14 and 15.
     let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();

@@ -6,7 +6,7 @@
 //! every arm, in a rotated order). The proxies are pinned to CPU 0 (`--concurrency 1`, HAProxy
 //! `nbthread 1`), this process, its load threads, h2load, wrk and the nodes to CPU 1. Per arm and
 //! round:
-//! - **CPU µs/request**: the proxy's user+system time (/proc) over `BENCH_REQUESTS` requests sent
+//! - **CPU µs/request**: the proxy's on-CPU time (/proc, all threads) over `BENCH_REQUESTS` requests sent
 //!   by h2load (HTTP/1.1, 8 connections): the steadiest figure on a shared machine;
 //! - **requests/s** at saturation: wrk, 8 connections, 2 s;
 //! - **p50/p99 latency** at a fixed rate below saturation: an open-loop generator (here), each
@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 use tether_e2e::haproxy::Haproxy;
 use tether_e2e::http::{read_keepalive_response, request, Response};
 use tether_e2e::node::nodes_json;
+use tether_e2e::wasm_exports::{release_wasm, remove_exports, unused_callback_exports};
 use tether_e2e::{process_cpu_time, process_rss_kib, repo_root, Envoy, EnvoyConfig, TestNode, WasmFilter};
 
 const SESSION_HEADER: &str = "x-tether-session";
@@ -68,6 +69,20 @@ struct Samples {
 fn wasm_size(crate_name: &str) -> u64 {
     let path = repo_root().join(format!("target/wasm32-unknown-unknown/release/tether_{crate_name}.wasm"));
     std::fs::metadata(&path).map(|m| m.len()).unwrap_or_else(|e| panic!("{}: {e} (run scripts/build)", path.display()))
+}
+
+/// The empty filter trimmed as `scripts/build` trims Tether's filters (`wasm_exports`), written
+/// next to the results: what exporting only the headers callbacks saves in the same run.
+fn headers_only_noop() -> std::path::PathBuf {
+    let noop = std::fs::read(release_wasm("tether_noop"))
+        .unwrap_or_else(|e| panic!("tether_noop.wasm: {e} (run scripts/build)"));
+    let kept = ["on_http_request_headers".to_string(), "on_http_response_headers".to_string()];
+    let unused = unused_callback_exports(&kept).unwrap_or_else(|e| panic!("{e}"));
+    let trimmed = remove_exports(&noop, &unused).unwrap_or_else(|e| panic!("tether_noop.wasm: {e}"));
+    let path = repo_root().join("target/bench/tether_noop_headers_only.wasm");
+    std::fs::create_dir_all(repo_root().join("target/bench")).unwrap_or_else(|e| panic!("target/bench: {e}"));
+    std::fs::write(&path, trimmed).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    path
 }
 
 fn pin(pid: u32, cpu: &str) {
@@ -312,7 +327,7 @@ end
 }
 
 fn main() {
-    let requests: u32 = env_or("BENCH_REQUESTS", 15_000);
+    let requests: u32 = env_or("BENCH_REQUESTS", 10_000);
     let rounds: u32 = env_or("BENCH_ROUNDS", 5);
     let rate: u32 = env_or("BENCH_RATE", 1000);
     // This process, its threads and every child (nodes, load generators) on CPU 1.
@@ -339,8 +354,14 @@ fn main() {
         vec![envoy_arm("envoy", "Envoy, no filter: the limit", EnvoyConfig::new(vec![], &refs), &[])];
     arms.push(envoy_arm(
         "noop",
-        "an empty Rust proxy-wasm filter: the floor",
+        "an empty Rust proxy-wasm filter as the SDK builds it (all 8 stream callbacks exported)",
         EnvoyConfig::new(vec![WasmFilter::new("noop", "")], &refs),
+        &["noop"],
+    ));
+    arms.push(envoy_arm(
+        "noop-headers",
+        "the same, exporting only the request and response headers callbacks, as Tether's filters do: their floor",
+        EnvoyConfig::new(vec![WasmFilter { code: Some(headers_only_noop()), ..WasmFilter::new("noop", "") }], &refs),
         &["noop"],
     ));
     arms.push(envoy_arm(

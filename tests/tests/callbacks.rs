@@ -1,0 +1,85 @@
+//! Each filter exports only the stream callbacks it implements (`scripts/build`,
+//! `tether_e2e::wasm_exports`). A callback left out of a filter's list would never run, so the
+//! lists are checked against the sources, and the built modules against the lists.
+
+use std::collections::BTreeSet;
+use tether_e2e::wasm_exports::{export_names, filter_callbacks, release_wasm, FilterCallbacks, STREAM_CALLBACKS};
+
+const TRIMMED: [&str; 6] =
+    ["tether-affinity", "tether-body-limit", "tether-edge", "tether-forwarded", "tether-path-pin", "tether-uri-hash"];
+
+fn filters() -> Vec<FilterCallbacks> {
+    filter_callbacks().unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// The stream callbacks a crate's own sources implement (`fn on_http_request_body(` ...).
+fn implemented(filter: &FilterCallbacks) -> BTreeSet<String> {
+    let src = filter.dir.join("src");
+    let mut found = BTreeSet::new();
+    for entry in std::fs::read_dir(&src).unwrap_or_else(|e| panic!("{}: {e}", src.display())) {
+        let path = entry.unwrap_or_else(|e| panic!("{e}")).path();
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        for (method, _) in STREAM_CALLBACKS {
+            if text.contains(&format!("fn {method}(")) {
+                found.insert(method.to_string());
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn every_tether_filter_lists_its_callbacks() {
+    let listed: BTreeSet<String> = filters().into_iter().map(|f| f.package).collect();
+    for package in TRIMMED {
+        assert!(listed.contains(package), "{package} has no [package.metadata.tether] callbacks");
+    }
+}
+
+#[test]
+fn each_list_is_exactly_what_the_sources_implement() {
+    for filter in filters() {
+        let listed: BTreeSet<String> = filter.callbacks.iter().cloned().collect();
+        assert_eq!(
+            listed,
+            implemented(&filter),
+            "{}: Cargo.toml's callbacks differ from the stream callbacks its src/ implements",
+            filter.package
+        );
+    }
+}
+
+#[test]
+fn edge_exports_every_callback_one_of_its_filters_needs() {
+    let filters = filters();
+    let edge = filters.iter().find(|f| f.package == "tether-edge").map(|f| f.callbacks.clone()).unwrap_or_default();
+    let union: BTreeSet<String> = filters
+        .iter()
+        .filter(|f| f.package != "tether-edge" && TRIMMED.contains(&f.package.as_str()))
+        .flat_map(|f| f.callbacks.clone())
+        .collect();
+    assert_eq!(edge.into_iter().collect::<BTreeSet<_>>(), union);
+}
+
+#[test]
+fn built_modules_export_their_callbacks_and_no_other() {
+    for filter in filters() {
+        let path = release_wasm(&filter.lib_name);
+        let module =
+            std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e} (run scripts/build first)", path.display()));
+        let exports = export_names(&module).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        for (method, export) in STREAM_CALLBACKS {
+            let wanted = filter.callbacks.iter().any(|c| c == method);
+            assert_eq!(
+                exports.iter().any(|e| e == export),
+                wanted,
+                "{}: {export} exported: {}",
+                filter.package,
+                !wanted
+            );
+        }
+        for always in ["proxy_on_context_create", "proxy_on_delete", "proxy_on_configure", "malloc"] {
+            assert!(exports.iter().any(|e| e == always), "{}: {always} must stay exported", filter.package);
+        }
+    }
+}
