@@ -91,6 +91,12 @@ fn forged_headers_from_an_untrusted_client_never_reach_the_backend() {
     assert_ne!(one(&r, "x-forwarded-port"), "443");
     assert!(!one(&r, "forwarded").contains("1.2.3.4"));
     assert_eq!(s.envoy.stat("wasmcustom.tether_forwarded.forged_discarded"), 1);
+    // A request without forwarding headers is not counted: the X-Forwarded-Proto that Envoy
+    // itself adds is not the client's (every request counted before this was fixed).
+    for _ in 0..3 {
+        assert_eq!(curl(&[&s.envoy.url("/x")], None).status(), 200);
+    }
+    assert_eq!(s.envoy.stat("wasmcustom.tether_forwarded.forged_discarded"), 1);
 }
 
 #[test]

@@ -12,9 +12,12 @@ use tether_core::forwarded::{
 use tether_core::routing::UPSTREAM_ADDRESS_PROPERTY;
 use tether_glue::{configure, configure_root, property, stream_property, Counter, UnknownUpstream};
 
-/// Headers a client could forge; from an untrusted peer they never pass as sent.
-const FORWARDING_HEADERS: [&str; 6] =
-    ["x-forwarded-for", "x-real-ip", "x-forwarded-proto", "x-forwarded-host", "x-forwarded-port", "forwarded"];
+/// Headers a client could forge; from an untrusted peer they never pass as sent, and count in
+/// `forged_discarded`. Not `x-forwarded-proto`: Envoy (`use_remote_address: true`, required)
+/// rewrites it from the connection before any filter runs, so it is always Envoy's own here;
+/// counting it made every request look forged.
+const FORWARDING_HEADERS: [&str; 5] =
+    ["x-forwarded-for", "x-real-ip", "x-forwarded-host", "x-forwarded-port", "forwarded"];
 
 struct Metrics {
     forged_discarded: Counter,
