@@ -11,6 +11,8 @@ pub mod node;
 pub mod sample;
 pub mod wait;
 pub mod wasm_exports;
+pub mod wasm_host;
+pub mod workload;
 
 use std::path::PathBuf;
 

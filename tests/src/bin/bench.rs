@@ -26,10 +26,8 @@ use tether_e2e::haproxy::Haproxy;
 use tether_e2e::http::{read_keepalive_response, request, Response};
 use tether_e2e::node::nodes_json;
 use tether_e2e::wasm_exports::{release_wasm, remove_exports, unused_callback_exports};
+use tether_e2e::workload::{OverleafFilters, SESSION_HEADER};
 use tether_e2e::{process_cpu_time, process_rss_kib, repo_root, Envoy, EnvoyConfig, TestNode, WasmFilter};
-
-const SESSION_HEADER: &str = "x-tether-session";
-const KEY: &str = "bench-key-0123456789abcdef";
 
 /// One proxy under test.
 struct Arm {
@@ -337,17 +335,7 @@ fn main() {
     let refs: Vec<&TestNode> = nodes.iter().collect();
     let nodes = &nodes;
     let table = nodes_json(nodes);
-    let body_limit = r#"{"default_limit": "50M"}"#.to_string();
-    let forwarded = format!(
-        r#"{{"proto": "https", "hsts": {{"max_age": "730d", "include_subdomains": true, "preload": true}}, "served_by": {{"nodes": {table}}}}}"#
-    );
-    let path_pin = format!(
-        r#"{{"nodes": {table}, "rules": [{{"name": "git", "path_prefix": "/git/", "node": "server-pro-ha-1"}}]}}"#
-    );
-    let uri_hash = format!(r#"{{"nodes": {table}, "prefixes": ["/project/"], "depth": 2}}"#);
-    let affinity =
-        format!(r#"{{"nodes": {table}, "cookie": {{"name": "SERVERID", "keys": ["{KEY}"], "maxidle": "24h"}}}}"#);
-
+    let OverleafFilters { forwarded, body_limit, path_pin, uri_hash, affinity } = OverleafFilters::new(&table);
     let started = Instant::now();
     // Arms start one after another (each is ready when pushed), all before the first round.
     let mut arms: Vec<Arm> =
@@ -409,9 +397,7 @@ fn main() {
         with_routing(EnvoyConfig::new(five, &refs)),
         &["forwarded", "body_limit", "path_pin", "uri_hash", "affinity"],
     ));
-    let edge = format!(
-        r#"{{"forwarded": {forwarded}, "body_limit": {body_limit}, "path_pin": {path_pin}, "uri_hash": {uri_hash}, "affinity": {affinity}}}"#
-    );
+    let edge = OverleafFilters::new(&table).edge();
     arms.push(envoy_arm(
         "tether-edge",
         "the same five in one module and one VM (tether-edge)",

@@ -1,0 +1,138 @@
+//! The workload `scripts/bench` measures, shared with the host-call count (`bin/costs.rs`) so
+//! both describe the same thing: the Overleaf filter configurations and a returning user's GET.
+
+use crate::wasm_exports::release_wasm;
+use crate::wasm_host::{run_chain, Exchange, FilterVm, RequestCost};
+
+/// The routing contract's header in the benchmark (the filters' default).
+pub const SESSION_HEADER: &str = "x-tether-session";
+
+/// The affinity cookie's signing key in the benchmark.
+pub const KEY: &str = "bench-key-0123456789abcdef";
+
+/// The five filters configured as in envoy/overleaf.yaml, for a nodes table (`nodes_json`).
+pub struct OverleafFilters {
+    pub forwarded: String,
+    pub body_limit: String,
+    pub path_pin: String,
+    pub uri_hash: String,
+    pub affinity: String,
+}
+
+impl OverleafFilters {
+    pub fn new(table: &str) -> OverleafFilters {
+        OverleafFilters {
+            forwarded: format!(
+                r#"{{"proto": "https", "hsts": {{"max_age": "730d", "include_subdomains": true, "preload": true}}, "served_by": {{"nodes": {table}}}}}"#
+            ),
+            body_limit: r#"{"default_limit": "50M"}"#.to_string(),
+            path_pin: format!(
+                r#"{{"nodes": {table}, "rules": [{{"name": "git", "path_prefix": "/git/", "node": "server-pro-ha-1"}}]}}"#
+            ),
+            uri_hash: format!(r#"{{"nodes": {table}, "prefixes": ["/project/"], "depth": 2}}"#),
+            affinity: format!(
+                r#"{{"nodes": {table}, "cookie": {{"name": "SERVERID", "keys": ["{KEY}"], "maxidle": "24h"}}}}"#
+            ),
+        }
+    }
+
+    /// (filter crate, configuration) in chain order.
+    pub fn chain(&self) -> [(&'static str, &str); 5] {
+        [
+            ("forwarded", &self.forwarded),
+            ("body-limit", &self.body_limit),
+            ("path-pin", &self.path_pin),
+            ("uri-hash", &self.uri_hash),
+            ("affinity", &self.affinity),
+        ]
+    }
+
+    /// tether-edge's configuration: one section per filter.
+    pub fn edge(&self) -> String {
+        format!(
+            r#"{{"forwarded": {}, "body_limit": {}, "path_pin": {}, "uri_hash": {}, "affinity": {}}}"#,
+            self.forwarded, self.body_limit, self.path_pin, self.uri_hash, self.affinity
+        )
+    }
+}
+
+/// The three bench nodes as the filters' nodes table sees them (the host reports the first as
+/// the upstream that served).
+pub const NODES: [(&str, &str); 3] = [
+    ("server-pro-ha-1", "127.0.0.1:8001"),
+    ("server-pro-ha-2", "127.0.0.1:8002"),
+    ("server-pro-ha-3", "127.0.0.1:8003"),
+];
+
+pub fn nodes_table() -> String {
+    let entries: Vec<String> = NODES.iter().map(|(n, a)| format!(r#"{{"name": "{n}", "address": "{a}"}}"#)).collect();
+    format!("[{}]", entries.join(", "))
+}
+
+/// A GET as h2load sends it through Envoy's HTTP/1.1 listener, answered by the node the routing
+/// contract names (else node 1) with a small body; `cookie` is the returning user's session cookie, if any.
+pub fn get(path: &str, cookie: Option<&str>) -> Exchange {
+    let mut request_headers: Vec<(String, String)> = [
+        (":authority", "127.0.0.1:10000"),
+        (":path", path),
+        (":method", "GET"),
+        (":scheme", "http"),
+        ("user-agent", "h2load nghttp2/1.52.0"),
+        ("x-forwarded-proto", "http"),
+        ("x-request-id", "8f1d5f5e-4f0e-4b7e-9f61-2f7f6b3f0a1c"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    if let Some(cookie) = cookie {
+        request_headers.push(("cookie".into(), cookie.into()));
+    }
+    let body = b"server-pro-ha-1 GET /".to_vec();
+    let response_headers = [
+        (":status", "200".to_string()),
+        ("content-type", "text/plain".to_string()),
+        ("content-length", body.len().to_string()),
+        ("x-node", "server-pro-ha-1".to_string()),
+        ("x-envoy-upstream-service-time", "0".to_string()),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.clone()))
+    .collect();
+    let property = |path: &[&str], value: &[u8]| (path.iter().map(|p| p.to_string()).collect(), value.to_vec());
+    Exchange {
+        request_headers,
+        request_body: Vec::new(),
+        response_headers,
+        response_body: body,
+        properties: vec![
+            property(&["source", "address"], b"127.0.0.1:40312"),
+            property(&["destination", "port"], &10000u64.to_le_bytes()),
+            property(&["upstream", "address"], NODES[0].1.as_bytes()),
+        ],
+        session_header: Some(SESSION_HEADER.to_string()),
+    }
+}
+
+/// Starts each (filter crate, configuration) in its own VM from its release `.wasm`.
+pub fn start_vms(chain: &[(&str, &str)]) -> Result<Vec<FilterVm>, String> {
+    chain
+        .iter()
+        .map(|(filter, config)| {
+            let path = release_wasm(&format!("tether_{}", filter.replace('-', "_")));
+            let module = std::fs::read(&path).map_err(|e| format!("{}: {e} (run scripts/build)", path.display()))?;
+            FilterVm::start(&module, config, &[]).map_err(|e| format!("{filter}: {e}"))
+        })
+        .collect()
+}
+
+/// A returning user's request through `chain`: a first request gets the session cookie (if
+/// the chain sets one), the measured second one sends it back.
+pub fn returning_user(chain: &[(&str, &str)], path: &str) -> Result<Vec<RequestCost>, String> {
+    let mut vms = start_vms(chain)?;
+    let first = run_chain(&mut vms, &get(path, None))?;
+    let cookie = first
+        .last()
+        .and_then(|c| c.response_headers.iter().find(|(k, _)| k == "set-cookie"))
+        .and_then(|(_, v)| v.split(';').next().map(String::from));
+    run_chain(&mut vms, &get(path, cookie.as_deref()))
+}

@@ -1,0 +1,117 @@
+//! What each filter asks of Envoy per request, counted exactly by running its release `.wasm`
+//! in `tether_e2e::wasm_host` with the benchmark's workload (a returning user's GET through the
+//! Overleaf configurations). CPU time on this machine is too noisy to catch a filter that
+//! starts making a host call too many; these counts are not.
+
+use std::collections::BTreeMap;
+use tether_e2e::wasm_host::RequestCost;
+use tether_e2e::workload::{nodes_table, returning_user, OverleafFilters, NODES, SESSION_HEADER};
+
+const PROJECT: &str = "/project/5f3c/output/output.pdf";
+
+fn alone(filter: &str, path: &str) -> RequestCost {
+    let filters = OverleafFilters::new(&nodes_table());
+    let config = filters.chain().iter().find(|(f, _)| *f == filter).map(|(_, c)| c.to_string()).unwrap_or_default();
+    let mut costs = returning_user(&[(filter, &config)], path).unwrap_or_else(|e| panic!("{filter}: {e}"));
+    costs.pop().unwrap_or_else(|| panic!("{filter}: no cost"))
+}
+
+fn five(path: &str) -> Vec<RequestCost> {
+    let filters = OverleafFilters::new(&nodes_table());
+    returning_user(&filters.chain(), path).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn edge(path: &str) -> RequestCost {
+    let config = OverleafFilters::new(&nodes_table()).edge();
+    let mut costs = returning_user(&[("edge", &config)], path).unwrap_or_else(|e| panic!("{e}"));
+    costs.pop().unwrap_or_else(|| panic!("edge: no cost"))
+}
+
+fn calls(costs: &[RequestCost], name: &str) -> u32 {
+    costs.iter().map(|c| c.host_calls.get(name).copied().unwrap_or(0)).sum()
+}
+
+fn total(costs: &[RequestCost]) -> u32 {
+    costs.iter().map(RequestCost::total_host_calls).sum()
+}
+
+fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+}
+
+#[test]
+fn the_workload_does_the_filters_work() {
+    // Otherwise a filter that gave up early would look cheap.
+    let costs = five("/");
+    let last = costs.last().unwrap_or_else(|| panic!("no cost"));
+    assert!(header(&last.request_headers, SESSION_HEADER).is_some(), "affinity pinned the returning user");
+    assert_eq!(header(&last.request_headers, "x-forwarded-proto"), Some("https"));
+    assert_eq!(header(&last.response_headers, "x-served-by"), Some(NODES[0].0));
+    assert!(header(&last.response_headers, "strict-transport-security").is_some());
+    assert_eq!(header(&last.response_headers, SESSION_HEADER), None, "the routing header never reaches the client");
+    assert_eq!(header(&last.response_headers, "set-cookie"), None, "a returning user's cookie is not re-issued");
+    let hashed = alone("uri-hash", PROJECT);
+    assert!(header(&hashed.request_headers, SESSION_HEADER).is_some(), "uri-hash chose a node");
+}
+
+#[test]
+fn each_filter_enters_its_vm_only_for_the_callbacks_it_implements() {
+    let headers =
+        ["proxy_on_context_create", "proxy_on_request_headers", "proxy_on_response_headers", "proxy_on_delete"];
+    for filter in ["forwarded", "path-pin", "uri-hash", "affinity"] {
+        assert_eq!(alone(filter, "/").vm_entries, headers, "{filter}");
+    }
+    // A GET has no body: body-limit's VM is entered for the request headers only.
+    assert_eq!(
+        alone("body-limit", "/").vm_entries,
+        ["proxy_on_context_create", "proxy_on_request_headers", "proxy_on_delete"]
+    );
+    assert_eq!(edge("/").vm_entries, headers);
+}
+
+#[test]
+fn edge_asks_the_host_less_than_the_five_separately() {
+    let (separate, one) = (five("/"), edge("/"));
+    // The shared stream facts: upstream.address and tether.routed_by are read once per stream.
+    assert!(
+        calls(std::slice::from_ref(&one), "proxy_get_property") + 4 <= calls(&separate, "proxy_get_property"),
+        "edge {:?} vs five {:?}",
+        one.host_calls,
+        sum(&separate)
+    );
+    assert!(one.total_host_calls() < total(&separate));
+    assert!(one.vm_entries.len() * 4 < separate.iter().map(|c| c.vm_entries.len()).sum::<usize>());
+}
+
+#[test]
+fn host_calls_per_request_stay_within_budget() {
+    // Upper bounds a change must justify raising (target/bench/host-calls.md has the counts).
+    let budgets = [
+        ("forwarded", "/", 12),
+        ("body-limit", "/", 0),
+        ("path-pin", "/", 4),
+        ("uri-hash", PROJECT, 10),
+        ("affinity", "/", 9),
+    ];
+    for (filter, path, budget) in budgets {
+        let cost = alone(filter, path);
+        assert!(
+            cost.total_host_calls() <= budget,
+            "{filter}: {} host calls > {budget}: {:?}",
+            cost.total_host_calls(),
+            cost.host_calls
+        );
+    }
+    let cost = edge("/");
+    assert!(cost.total_host_calls() <= 22, "edge: {:?}", cost.host_calls);
+}
+
+fn sum(costs: &[RequestCost]) -> BTreeMap<String, u32> {
+    let mut all = BTreeMap::new();
+    for c in costs {
+        for (k, v) in &c.host_calls {
+            *all.entry(k.clone()).or_default() += v;
+        }
+    }
+    all
+}
