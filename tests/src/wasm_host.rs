@@ -69,7 +69,7 @@ struct HostState {
     environment: Vec<(String, String)>,
     stream: Stream,
     shared_data: HashMap<Vec<u8>, (Vec<u8>, u32)>,
-    metrics: Vec<u64>,
+    metrics: Vec<(String, u64)>,
     calls: BTreeMap<String, u32>,
     log: Vec<String>,
 }
@@ -123,6 +123,11 @@ impl FilterVm {
             return Err(format!("the filter refused its configuration: {}", vm.store.data().log.join(" | ")));
         }
         Ok(vm)
+    }
+
+    /// A counter's value (`tether_path_pin.client_session_header_removed`), 0 if undefined.
+    pub fn metric(&self, name: &str) -> u64 {
+        self.store.data().metrics.iter().filter(|(n, _)| n == name).map(|(_, v)| v).sum()
     }
 
     /// The filter's log lines so far (level and text).
@@ -482,10 +487,11 @@ fn linker(engine: &Engine, module: &Module) -> Result<Linker<HostState>, String>
     l.func_wrap(
         "env",
         "proxy_define_metric",
-        |mut c: Caller<'_, HostState>, _kind: i32, _name: i32, _len: i32, id_out: i32| -> HostResult {
+        |mut c: Caller<'_, HostState>, _kind: i32, name: i32, len: i32, id_out: i32| -> HostResult {
             count(&mut c, "proxy_define_metric");
+            let name = text(&c, name, len)?;
             let id = c.data().metrics.len() as u32;
-            c.data_mut().metrics.push(0);
+            c.data_mut().metrics.push((name, 0));
             write(&mut c, id_out, &id.to_le_bytes())?;
             Ok(OK)
         },
@@ -494,7 +500,7 @@ fn linker(engine: &Engine, module: &Module) -> Result<Linker<HostState>, String>
     l.func_wrap("env", "proxy_increment_metric", |mut c: Caller<'_, HostState>, id: i32, by: i64| -> HostResult {
         count(&mut c, "proxy_increment_metric");
         match c.data_mut().metrics.get_mut(id as u32 as usize) {
-            Some(m) => {
+            Some((_, m)) => {
                 *m = m.wrapping_add(by as u64);
                 Ok(OK)
             }

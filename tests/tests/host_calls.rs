@@ -4,8 +4,8 @@
 //! starts making a host call too many; these counts are not.
 
 use std::collections::BTreeMap;
-use tether_e2e::wasm_host::RequestCost;
-use tether_e2e::workload::{nodes_table, returning_user, OverleafFilters, NODES, SESSION_HEADER};
+use tether_e2e::wasm_host::{run_chain, RequestCost};
+use tether_e2e::workload::{get, nodes_table, returning_user, start_vms, OverleafFilters, NODES, SESSION_HEADER};
 
 const PROJECT: &str = "/project/5f3c/output/output.pdf";
 
@@ -79,6 +79,10 @@ fn edge_asks_the_host_less_than_the_five_separately() {
         one.host_calls,
         sum(&separate)
     );
+    // The request headers, read once for all five (one map read; the one value read left is
+    // the response's Strict-Transport-Security).
+    assert_eq!(calls(std::slice::from_ref(&one), "proxy_get_header_map_pairs"), 1, "{:?}", one.host_calls);
+    assert!(calls(std::slice::from_ref(&one), "proxy_get_header_map_value") <= 1, "{:?}", one.host_calls);
     assert!(one.total_host_calls() < total(&separate));
     assert!(one.vm_entries.len() * 4 < separate.iter().map(|c| c.vm_entries.len()).sum::<usize>());
 }
@@ -103,7 +107,34 @@ fn host_calls_per_request_stay_within_budget() {
         );
     }
     let cost = edge("/");
-    assert!(cost.total_host_calls() <= 22, "edge: {:?}", cost.host_calls);
+    assert!(cost.total_host_calls() <= 16, "edge: {:?}", cost.host_calls);
+}
+
+#[test]
+fn edge_sees_the_changes_its_filters_made_to_the_shared_headers() {
+    // A client-forged session header: path-pin (first routing filter) removes and counts it;
+    // uri-hash and affinity must see it gone, in tether-edge's shared headers as in a chain of
+    // separate filters. Counted once either way.
+    const REMOVED: [&str; 3] = [
+        "tether_path_pin.client_session_header_removed",
+        "tether_uri_hash.client_session_header_removed",
+        "tether_affinity.client_session_header_removed",
+    ];
+    let filters = OverleafFilters::new(&nodes_table());
+    let mut forged = get("/", None);
+    forged.request_headers.push((SESSION_HEADER.to_string(), "MTI3LjAuMC4xOjgwMDM=".to_string()));
+    let mut edge = start_vms(&[("edge", &filters.edge())]).unwrap_or_else(|e| panic!("{e}"));
+    let edge_costs = run_chain(&mut edge, &forged).unwrap_or_else(|e| panic!("{e}"));
+    let edge_count: u64 = REMOVED.iter().map(|m| edge[0].metric(m)).sum();
+    let mut chain = start_vms(&filters.chain()).unwrap_or_else(|e| panic!("{e}"));
+    let chain_costs = run_chain(&mut chain, &forged).unwrap_or_else(|e| panic!("{e}"));
+    let chain_count: u64 = REMOVED.iter().flat_map(|m| chain.iter().map(move |vm| vm.metric(m))).sum();
+    assert_eq!((edge_count, chain_count), (1, 1));
+    // Neither forwards the forged value; both leave the routing header to affinity's choice.
+    for costs in [&edge_costs, &chain_costs] {
+        let sent = costs.last().and_then(|c| header(&c.request_headers, SESSION_HEADER).map(String::from));
+        assert_ne!(sent.as_deref(), Some("MTI3LjAuMC4xOjgwMDM="));
+    }
 }
 
 fn sum(costs: &[RequestCost]) -> BTreeMap<String, u32> {

@@ -11,8 +11,8 @@ use tether_core::affinity::{AffinityPolicy, CookieState, SetReason};
 use tether_core::cookie;
 use tether_core::routing::{decided_earlier, ROUTED_BY_PROPERTY, UPSTREAM_ADDRESS_PROPERTY};
 use tether_glue::{
-    configure, configure_root, host_env_var, remove_response_header_once, set_stream_property, stream_property,
-    Counter, UnknownUpstream,
+    configure, configure_root, host_env_var, remove_response_header_once, request_headers, set_request_header,
+    set_stream_property, stream_property, Counter, UnknownUpstream,
 };
 
 const ROUTED_BY_VALUE: &[u8] = b"affinity";
@@ -118,12 +118,12 @@ impl HttpContext for AffinityRequest {
         let cookie_name = policy.cookie().name.as_str();
         // One host call for every header we need (all Cookie lines, the session header, the
         // scheme) instead of one call each.
-        let facts = policy.request_facts(&self.get_http_request_headers_bytes());
+        let facts = policy.request_facts(&request_headers(self.context_id));
         self.decided_elsewhere = decided_earlier(stream_property(self.context_id, &[ROUTED_BY_PROPERTY]).as_deref());
         if !self.decided_elsewhere {
             let header = policy.session_header().name();
             if facts.session_header_present {
-                self.set_http_request_header(header, None); // forged by the client: never honoured
+                set_request_header(self.context_id, header, None); // forged by the client: never honoured
                 metrics.client_session_header_removed.increment();
             }
             let mut now = None;
@@ -131,7 +131,7 @@ impl HttpContext for AffinityRequest {
             match &state {
                 CookieState::Valid { node, .. } => {
                     if let Some(value) = policy.session_value(*node) {
-                        self.set_http_request_header(header, Some(value));
+                        set_request_header(self.context_id, header, Some(value.as_bytes()));
                         set_stream_property(self.context_id, &[ROUTED_BY_PROPERTY], ROUTED_BY_VALUE);
                         metrics.pinned.increment();
                     }
@@ -148,8 +148,8 @@ impl HttpContext for AffinityRequest {
         if policy.cookie().indirect {
             if let Some(h) = facts.cookie.as_deref().filter(|h| cookie::contains(h, cookie_name)) {
                 match cookie::without(h, cookie_name) {
-                    Some(rest) => self.set_http_request_header_bytes("cookie", Some(&rest)),
-                    None => self.set_http_request_header("cookie", None),
+                    Some(rest) => set_request_header(self.context_id, "cookie", Some(&rest)),
+                    None => set_request_header(self.context_id, "cookie", None),
                 }
             }
         }

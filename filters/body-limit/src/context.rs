@@ -10,7 +10,7 @@ use tether_core::body_limit::{
     check_headers, parse_content_length, rejection, BodyCounter, BodyLimitPolicy, DeclaredLength, HeadersVerdict,
     Limit, Reason,
 };
-use tether_glue::{configure, configure_root, Counter};
+use tether_glue::{configure, configure_root, request_header, Counter};
 
 #[derive(Default)]
 struct Metrics {
@@ -59,9 +59,10 @@ impl RootContext for BodyLimitRoot {
         configure_root(self, Self::from_config)
     }
 
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
         let policy = self.policy.clone()?;
-        Some(Box::new(BodyLimitRequest { policy, metrics: Rc::clone(&self.metrics), counter: None, rejected: false }))
+        let metrics = Rc::clone(&self.metrics);
+        Some(Box::new(BodyLimitRequest { policy, metrics, context_id, counter: None, rejected: false }))
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -72,13 +73,14 @@ impl RootContext for BodyLimitRoot {
 struct BodyLimitRequest {
     policy: Rc<BodyLimitPolicy>,
     metrics: Rc<Metrics>,
+    context_id: u32,
     counter: Option<BodyCounter>,
     rejected: bool,
 }
 
 impl BodyLimitRequest {
     fn header(&self, name: &str) -> Option<Vec<u8>> {
-        self.get_http_request_header_bytes(name)
+        request_header(self.context_id, name)
     }
 
     fn reject(&mut self, limit: u64, reason: Reason) -> Action {

@@ -15,7 +15,7 @@ use proxy_wasm::types::{Action, ContextType, LogLevel};
 use serde::Deserialize;
 use serde_json::Value;
 use tether_core::config::parse_config;
-use tether_glue::{configure, configure_root, share_stream_facts};
+use tether_glue::{configure, configure_root, forget_request_headers, share_stream_facts};
 
 // The filters' own contexts, compiled into this module from their crates' sources. (Depending on
 // the filter crates instead would link their entry points too: one `_initialize` each.)
@@ -106,7 +106,7 @@ impl RootContext for EdgeRoot {
 
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
         let parts = self.parts.iter().map(|p| p.create_http_context(context_id)).collect::<Option<Vec<_>>>()?;
-        Some(Box::new(EdgeRequest { parts, reached: 0 }))
+        Some(Box::new(EdgeRequest { parts, context_id, reached: 0 }))
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -116,6 +116,7 @@ impl RootContext for EdgeRoot {
 
 struct EdgeRequest {
     parts: Vec<Box<dyn HttpContext>>,
+    context_id: u32,
     /// How many filters have seen the request headers: the others never see this request.
     reached: usize,
 }
@@ -152,14 +153,18 @@ impl Context for EdgeRequest {}
 // the filters' lists).
 impl HttpContext for EdgeRequest {
     fn on_http_request_headers(&mut self, num_headers: usize, end_of_stream: bool) -> Action {
+        let mut action = Action::Continue;
         for (i, part) in self.parts.iter_mut().enumerate() {
             self.reached = i + 1;
-            match part.on_http_request_headers(num_headers, end_of_stream) {
-                Action::Continue => {}
-                other => return other,
+            action = part.on_http_request_headers(num_headers, end_of_stream);
+            if action != Action::Continue {
+                break;
             }
         }
-        Action::Continue
+        // The parts shared the request headers for this callback only: Envoy's later filters may
+        // change them before the next one.
+        forget_request_headers(self.context_id);
+        action
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {

@@ -10,7 +10,9 @@ use tether_core::forwarded::{
     forwarded_element, parse_xff, redirect_location, redirect_status, ForwardedPolicy, ProtoMode,
 };
 use tether_core::routing::UPSTREAM_ADDRESS_PROPERTY;
-use tether_glue::{configure, configure_root, property, stream_property, Counter, UnknownUpstream};
+use tether_glue::{
+    configure, configure_root, property, request_headers, set_request_header, stream_property, Counter, UnknownUpstream,
+};
 
 /// Headers a client could forge; from an untrusted peer they never pass as sent, and count in
 /// `forged_discarded`. Not `x-forwarded-proto`: Envoy (`use_remote_address: true`, required)
@@ -96,7 +98,7 @@ impl HttpContext for ForwardedRequest {
         // The connection's TLS only matters when the proto is not forced (one host call saved).
         let tls = matches!(policy.proto, ProtoMode::Auto)
             && property(&["connection", "tls_version"]).is_some_and(|v| !v.is_empty());
-        let headers = self.get_http_request_headers_bytes();
+        let headers = request_headers(self.context_id);
         let trusted = policy.peer_trusted(&peer);
         let sent_any = FORWARDING_HEADERS.iter().any(|h| header(&headers, h).is_some());
         if !trusted && sent_any {
@@ -121,34 +123,37 @@ impl HttpContext for ForwardedRequest {
                 return Action::Pause;
             }
         }
+        // Decided first, written after: the headers are shared with the filters after this one
+        // in tether-edge, and writing while holding them would copy them.
+        let mut writes: Vec<(&str, Option<String>)> = Vec::with_capacity(6);
         // X-Forwarded-For (HAProxy "option forwardfor", nginx $proxy_add_x_forwarded_for).
         if let Some(xff) = policy.xff_value(&chain, peer, client) {
-            self.set_http_request_header("x-forwarded-for", Some(&xff));
+            writes.push(("x-forwarded-for", Some(xff)));
         }
         if policy.real_ip {
-            self.set_http_request_header("x-real-ip", Some(&client.to_string()));
+            writes.push(("x-real-ip", Some(client.to_string())));
         } else if !trusted && header(&headers, "x-real-ip").is_some() {
-            self.set_http_request_header("x-real-ip", None);
+            writes.push(("x-real-ip", None));
         }
-        self.set_http_request_header("x-forwarded-proto", Some(proto));
+        writes.push(("x-forwarded-proto", Some(proto.to_string())));
         let keep = |name: &str| trusted && header(&headers, name).is_some();
         if policy.forwarded_host {
             if !keep("x-forwarded-host") && !authority.is_empty() {
-                self.set_http_request_header("x-forwarded-host", Some(authority));
+                writes.push(("x-forwarded-host", Some(authority.to_string())));
             }
         } else if !trusted && header(&headers, "x-forwarded-host").is_some() {
-            self.set_http_request_header("x-forwarded-host", None);
+            writes.push(("x-forwarded-host", None));
         }
         if policy.forwarded_port {
             if !keep("x-forwarded-port") {
                 if let Some(port) = property(&["destination", "port"]).and_then(|p| p.get(..8).map(<[u8]>::to_vec)) {
                     let mut b = [0u8; 8];
                     b.copy_from_slice(&port);
-                    self.set_http_request_header("x-forwarded-port", Some(&u64::from_le_bytes(b).to_string()));
+                    writes.push(("x-forwarded-port", Some(u64::from_le_bytes(b).to_string())));
                 }
             }
         } else if !trusted && header(&headers, "x-forwarded-port").is_some() {
-            self.set_http_request_header("x-forwarded-port", None);
+            writes.push(("x-forwarded-port", None));
         }
         if policy.forwarded {
             let element = forwarded_element(peer, proto, (!authority.is_empty()).then_some(authority));
@@ -156,9 +161,13 @@ impl HttpContext for ForwardedRequest {
                 Some(existing) => format!("{existing}, {element}"),
                 None => element,
             };
-            self.set_http_request_header("forwarded", Some(&value));
+            writes.push(("forwarded", Some(value)));
         } else if !trusted && header(&headers, "forwarded").is_some() {
-            self.set_http_request_header("forwarded", None);
+            writes.push(("forwarded", None));
+        }
+        drop(headers);
+        for (name, value) in writes {
+            set_request_header(self.context_id, name, value.as_deref().map(str::as_bytes));
         }
         Action::Continue
     }

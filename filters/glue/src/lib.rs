@@ -148,7 +148,15 @@ struct StreamMemo {
     context_id: u32,
     properties: Vec<(&'static [&'static str], Option<Vec<u8>>)>,
     removed_response_headers: Vec<String>,
+    /// The request headers as the filters have left them so far: read once, then kept in step
+    /// with every change made through [`set_request_header`]. Only while the request headers
+    /// callback runs (see [`forget_request_headers`]).
+    request_headers: Option<RequestHeaders>,
 }
+
+/// Request headers as pairs, the way the host hands them over (values are bytes: a header
+/// need not be UTF-8).
+pub type RequestHeaders = std::rc::Rc<Vec<(String, Vec<u8>)>>;
 
 thread_local! {
     static MEMO: std::cell::RefCell<StreamMemo> = std::cell::RefCell::new(StreamMemo::default());
@@ -210,6 +218,48 @@ pub fn remove_response_header_once(context_id: u32, name: &str) {
     }
 }
 
+/// All request headers of stream `context_id`: one host call, and none for a later filter of
+/// the same VM in the same callback when sharing.
+pub fn request_headers(context_id: u32) -> RequestHeaders {
+    if let Some(known) = with_memo(context_id, |m| m.request_headers.clone()).flatten() {
+        return known;
+    }
+    let headers = RequestHeaders::new(hostcalls::get_map_bytes(MapType::HttpRequestHeaders).unwrap_or_default());
+    with_memo(context_id, |m| m.request_headers = Some(headers.clone()));
+    headers
+}
+
+/// Request header `name` (lower case) of stream `context_id`: from the shared headers when
+/// sharing (read once for all filters), else one host call.
+pub fn request_header(context_id: u32, name: &str) -> Option<Vec<u8>> {
+    if with_memo(context_id, |_| ()).is_some() {
+        return request_headers(context_id).iter().find(|(n, _)| n == name).map(|(_, v)| v.clone());
+    }
+    hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name).ok().flatten()
+}
+
+/// Replaces (or with `None` removes) request header `name` (lower case) of stream `context_id`,
+/// and the shared headers with it, as Envoy does: every line of that name goes, the new one is
+/// added last.
+pub fn set_request_header(context_id: u32, name: &str, value: Option<&[u8]>) {
+    let _ = hostcalls::set_map_value_bytes(MapType::HttpRequestHeaders, name, value);
+    with_memo(context_id, |m| {
+        if let Some(headers) = m.request_headers.as_mut() {
+            let headers = std::rc::Rc::make_mut(headers);
+            headers.retain(|(n, _)| n != name);
+            if let Some(value) = value {
+                headers.push((name.to_string(), value.to_vec()));
+            }
+        }
+    });
+}
+
+/// Ends the sharing of request headers for stream `context_id` (tether-edge, when the request
+/// headers callback is over): filters after the VM may change them before a later callback.
+pub fn forget_request_headers(context_id: u32) {
+    with_memo(context_id, |m| m.request_headers = None);
+}
+
 /// Shared data (one copy per VM id, seen by every worker): value and its CAS token.
 pub fn shared_data(key: &str) -> (Option<Vec<u8>>, Option<u32>) {
     hostcalls::get_shared_data(key).unwrap_or((None, None))
@@ -243,10 +293,10 @@ pub fn configure<T, E: std::fmt::Display>(
 
 /// Routing contract: a session header on a request nobody in the chain has decided was sent by
 /// the client to steer it, and is never honoured. Removes it; true if there was one.
-pub fn remove_client_session_header(header: &str) -> bool {
-    let present = hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, header).ok().flatten().is_some();
+pub fn remove_client_session_header(context_id: u32, header: &str) -> bool {
+    let present = request_header(context_id, header).is_some();
     if present {
-        let _ = hostcalls::remove_map_value(MapType::HttpRequestHeaders, header);
+        set_request_header(context_id, header, None);
     }
     present
 }

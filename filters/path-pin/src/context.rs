@@ -9,8 +9,8 @@ use std::rc::Rc;
 use tether_core::path_pin::PathPinPolicy;
 use tether_core::routing::{decided_earlier, served, Served, ROUTED_BY_PROPERTY, UPSTREAM_ADDRESS_PROPERTY};
 use tether_glue::{
-    configure, configure_root, remove_client_session_header, remove_response_header_once, set_stream_property,
-    stream_property, Counter,
+    configure, configure_root, remove_client_session_header, remove_response_header_once, request_header,
+    set_request_header, set_stream_property, stream_property, Counter,
 };
 
 /// What `tether.routed_by` says when this filter decided.
@@ -79,14 +79,14 @@ impl HttpContext for PathPinRequest {
             return Action::Continue; // the session header belongs to the filter that decided
         }
         let header = policy.session_header().name();
-        if remove_client_session_header(header) {
+        if remove_client_session_header(self.context_id, header) {
             metrics.client_session_header_removed.increment();
             debug!("path-pin: removed a client-supplied {header} header");
         }
-        let method = if policy.needs_method() { self.get_http_request_header_bytes(":method") } else { None };
-        let path = self.get_http_request_header_bytes(":path").unwrap_or_default();
+        let method = if policy.needs_method() { request_header(self.context_id, ":method") } else { None };
+        let path = request_header(self.context_id, ":path").unwrap_or_default();
         if let Some((index, rule)) = policy.pin_for(method.as_deref().unwrap_or_default(), &path) {
-            self.set_http_request_header(header, Some(&rule.session_value));
+            set_request_header(self.context_id, header, Some(rule.session_value.as_bytes()));
             set_stream_property(self.context_id, &[ROUTED_BY_PROPERTY], ROUTED_BY_VALUE);
             if let Some(counter) = metrics.pinned.get(index) {
                 counter.increment();

@@ -10,8 +10,8 @@ use std::time::UNIX_EPOCH;
 use tether_core::routing::{decided_earlier, ROUTED_BY_PROPERTY, UPSTREAM_ADDRESS_PROPERTY};
 use tether_core::uri_hash::{Choice, DownList, UriHashPolicy};
 use tether_glue::{
-    configure, configure_root, remove_client_session_header, remove_response_header_once, set_shared_data,
-    set_stream_property, shared_data, stream_property, Counter, UnknownUpstream,
+    configure, configure_root, remove_client_session_header, remove_response_header_once, request_header,
+    set_request_header, set_shared_data, set_stream_property, shared_data, stream_property, Counter, UnknownUpstream,
 };
 
 const ROUTED_BY_VALUE: &[u8] = b"uri-hash";
@@ -109,10 +109,10 @@ impl HttpContext for UriHashRequest {
             return Action::Continue;
         }
         let header = policy.session_header().name();
-        if remove_client_session_header(header) {
+        if remove_client_session_header(self.context_id, header) {
             metrics.client_session_header_removed.increment();
         }
-        let path = self.get_http_request_header_bytes(":path").unwrap_or_default();
+        let path = request_header(self.context_id, ":path").unwrap_or_default();
         let Some(key) = policy.key_for(&path) else {
             return Action::Continue; // not ours: untouched
         };
@@ -122,7 +122,7 @@ impl HttpContext for UriHashRequest {
             return Action::Continue;
         };
         if let Some(value) = policy.session_value(choice.node) {
-            self.set_http_request_header(header, Some(value));
+            set_request_header(self.context_id, header, Some(value.as_bytes()));
             set_stream_property(self.context_id, &[ROUTED_BY_PROPERTY], ROUTED_BY_VALUE);
             metrics.hashed.increment();
             if choice.node != choice.primary {
