@@ -1,6 +1,14 @@
 //! proxy-wasm helpers shared by Tether's filters. Decisions live in tether-core; this crate
 //! only wraps host calls that every filter makes the same way.
 
+// Every Tether filter links this crate, so this is their allocator. A request allocates a few
+// dozen times (the SDK alone twice per header it hands over); with Rust's default dlmalloc an
+// allocation and its free cost ~2000 Wasm instructions, with talc ~870 (tests/src/wasm_host.rs
+// counts them). Envoy runs each VM on one thread, without Wasm atomics.
+#[cfg(all(target_arch = "wasm32", not(target_feature = "atomics")))]
+#[global_allocator]
+static ALLOCATOR: talc::wasm::WasmDynamicTalc = talc::wasm::new_wasm_dynamic_allocator();
+
 use log::warn;
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{BufferType, MapType, MetricType};
