@@ -118,7 +118,7 @@ impl HttpContext for AffinityRequest {
         let cookie_name = policy.cookie().name.as_str();
         // One host call for every header we need (all Cookie lines, the session header, the
         // scheme) instead of one call each.
-        let facts = policy.request_facts(&request_headers(self.context_id));
+        let facts = policy.request_facts(request_headers(self.context_id).iter());
         self.decided_elsewhere = decided_earlier(stream_property(self.context_id, &[ROUTED_BY_PROPERTY]).as_deref());
         if !self.decided_elsewhere {
             let header = policy.session_header().name();

@@ -390,24 +390,24 @@ pub struct RequestFacts {
 }
 
 impl AffinityPolicy {
-    pub fn request_facts(&self, headers: &[(String, Vec<u8>)]) -> RequestFacts {
+    pub fn request_facts<'a>(&self, headers: impl IntoIterator<Item = (&'a [u8], &'a [u8])>) -> RequestFacts {
         let mut facts = RequestFacts::default();
         let (mut forwarded_proto, mut scheme) = (None, None);
         for (name, value) in headers {
-            match name.as_str() {
-                "cookie" => {
+            match name {
+                b"cookie" => {
                     facts.cookie_lines += 1;
                     match &mut facts.cookie {
                         Some(joined) => {
                             joined.extend_from_slice(b"; ");
                             joined.extend_from_slice(value);
                         }
-                        None => facts.cookie = Some(value.clone()),
+                        None => facts.cookie = Some(value.to_vec()),
                     }
                 }
-                "x-forwarded-proto" => forwarded_proto = forwarded_proto.or(Some(value.as_slice())),
-                ":scheme" => scheme = Some(value.as_slice()),
-                n if n == self.session_header.name() => facts.session_header_present = true,
+                b"x-forwarded-proto" => forwarded_proto = forwarded_proto.or(Some(value)),
+                b":scheme" => scheme = Some(value),
+                n if n == self.session_header.name().as_bytes() => facts.session_header_present = true,
                 _ => {}
             }
         }
@@ -622,8 +622,8 @@ mod tests {
     #[test]
     fn request_facts_join_every_cookie_line() {
         let p = policy(r#"{"format": "plain"}"#);
-        let h = |n: &str, v: &str| (n.to_string(), v.as_bytes().to_vec());
-        let facts = p.request_facts(&[
+        let h = |n: &'static str, v: &'static str| (n.as_bytes(), v.as_bytes());
+        let facts = p.request_facts([
             h(":scheme", "http"),
             h("cookie", "a=1"),
             h("x-forwarded-proto", "https"),
@@ -634,7 +634,7 @@ mod tests {
         assert_eq!(facts.cookie_lines, 2);
         assert!(facts.session_header_present && facts.https);
         assert!(matches!(p.read_cookie(facts.cookie.as_deref(), || 0), CookieState::Valid { node: 1, .. }));
-        assert_eq!(p.request_facts(&[h(":scheme", "https")]), RequestFacts { https: true, ..RequestFacts::default() });
+        assert_eq!(p.request_facts([h(":scheme", "https")]), RequestFacts { https: true, ..RequestFacts::default() });
     }
 
     #[test]

@@ -75,10 +75,6 @@ struct ForwardedRequest {
     https: bool,
 }
 
-fn header<'a>(headers: &'a [(String, Vec<u8>)], name: &str) -> Option<&'a [u8]> {
-    headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_slice())
-}
-
 fn text(v: Option<&[u8]>) -> Option<&str> {
     v.and_then(|v| std::str::from_utf8(v).ok())
 }
@@ -100,23 +96,22 @@ impl HttpContext for ForwardedRequest {
             && property(&["connection", "tls_version"]).is_some_and(|v| !v.is_empty());
         let headers = request_headers(self.context_id);
         let trusted = policy.peer_trusted(&peer);
-        let sent_any = FORWARDING_HEADERS.iter().any(|h| header(&headers, h).is_some());
+        let sent_any = FORWARDING_HEADERS.iter().any(|h| headers.get(h).is_some());
         if !trusted && sent_any {
             metrics.forged_discarded.increment();
         }
-        let xff_lines: Vec<&[u8]> =
-            headers.iter().filter(|(n, _)| n == "x-forwarded-for").map(|(_, v)| v.as_slice()).collect();
+        let xff_lines: Vec<&[u8]> = headers.iter().filter(|(n, _)| *n == b"x-forwarded-for").map(|(_, v)| v).collect();
         // From a trusted peer its chain counts; an unreadable chain is nobody's word.
         let chain: Vec<IpAddr> = if trusted { parse_xff(&xff_lines).unwrap_or_default() } else { Vec::new() };
         let client = policy.client(&chain, peer);
-        let trusted_proto = if trusted { header(&headers, "x-forwarded-proto") } else { None };
+        let trusted_proto = if trusted { headers.get("x-forwarded-proto") } else { None };
         let proto = policy.effective_proto(trusted_proto, tls);
         self.https = proto == "https";
-        let path = text(header(&headers, ":path")).unwrap_or("/");
-        let authority = text(header(&headers, ":authority")).unwrap_or_default();
+        let path = text(headers.get(":path")).unwrap_or("/");
+        let authority = text(headers.get(":authority")).unwrap_or_default();
         if !self.https && policy.redirects(path.as_bytes()) {
             if let Some(r) = &policy.redirect {
-                let status = redirect_status(header(&headers, ":method").unwrap_or_default());
+                let status = redirect_status(headers.get(":method").unwrap_or_default());
                 let location = redirect_location(authority, path, r.port);
                 metrics.redirects.increment();
                 self.send_http_response(status, vec![("location", &location)], None);
@@ -132,16 +127,16 @@ impl HttpContext for ForwardedRequest {
         }
         if policy.real_ip {
             writes.push(("x-real-ip", Some(client.to_string())));
-        } else if !trusted && header(&headers, "x-real-ip").is_some() {
+        } else if !trusted && headers.get("x-real-ip").is_some() {
             writes.push(("x-real-ip", None));
         }
         writes.push(("x-forwarded-proto", Some(proto.to_string())));
-        let keep = |name: &str| trusted && header(&headers, name).is_some();
+        let keep = |name: &str| trusted && headers.get(name).is_some();
         if policy.forwarded_host {
             if !keep("x-forwarded-host") && !authority.is_empty() {
                 writes.push(("x-forwarded-host", Some(authority.to_string())));
             }
-        } else if !trusted && header(&headers, "x-forwarded-host").is_some() {
+        } else if !trusted && headers.get("x-forwarded-host").is_some() {
             writes.push(("x-forwarded-host", None));
         }
         if policy.forwarded_port {
@@ -152,17 +147,17 @@ impl HttpContext for ForwardedRequest {
                     writes.push(("x-forwarded-port", Some(u64::from_le_bytes(b).to_string())));
                 }
             }
-        } else if !trusted && header(&headers, "x-forwarded-port").is_some() {
+        } else if !trusted && headers.get("x-forwarded-port").is_some() {
             writes.push(("x-forwarded-port", None));
         }
         if policy.forwarded {
             let element = forwarded_element(peer, proto, (!authority.is_empty()).then_some(authority));
-            let value = match text(header(&headers, "forwarded")).filter(|_| trusted) {
+            let value = match text(headers.get("forwarded")).filter(|_| trusted) {
                 Some(existing) => format!("{existing}, {element}"),
                 None => element,
             };
             writes.push(("forwarded", Some(value)));
-        } else if !trusted && header(&headers, "forwarded").is_some() {
+        } else if !trusted && headers.get("forwarded").is_some() {
             writes.push(("forwarded", None));
         }
         drop(headers);

@@ -162,9 +162,80 @@ struct StreamMemo {
     request_headers: Option<RequestHeaders>,
 }
 
-/// Request headers as pairs, the way the host hands them over (values are bytes: a header
-/// need not be UTF-8).
-pub type RequestHeaders = std::rc::Rc<Vec<(String, Vec<u8>)>>;
+/// Request headers as a filter sees them (shared in tether-edge, hence the `Rc`).
+pub type RequestHeaders = std::rc::Rc<HeaderMap>;
+
+/// A header map read in place from the one buffer the host hands over, plus the changes made
+/// since (as Envoy applies them: all lines of the name go, the new one last). The SDK's own
+/// map allocates two buffers per header, each ~870 Wasm instructions with its free; this one
+/// allocates its index once.
+#[derive(Debug, Clone, Default)]
+pub struct HeaderMap {
+    /// proxy-wasm's encoding: count, (key length, value length) pairs, then each key and value
+    /// NUL-terminated.
+    raw: Vec<u8>,
+    /// Where each line's name and value are in `raw`.
+    lines: Vec<(std::ops::Range<usize>, std::ops::Range<usize>)>,
+    changes: Vec<(String, Option<Vec<u8>>)>,
+}
+
+impl HeaderMap {
+    pub fn from_raw(raw: Vec<u8>) -> HeaderMap {
+        let lines = index(&raw);
+        HeaderMap { raw, lines, changes: Vec::new() }
+    }
+
+    /// Every line in order, names lower case (as bytes: no UTF-8 check per line): the host's
+    /// lines not changed since, then the changed ones.
+    pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        let changed = |name: &[u8]| self.changes.iter().any(|(n, _)| n.as_bytes() == name);
+        let original = self.original().filter(move |(n, _)| !changed(n));
+        let changes = self.changes.iter().filter_map(|(n, v)| Some((n.as_bytes(), v.as_deref()?)));
+        original.chain(changes)
+    }
+
+    /// The first line named `name` (lower case), as Envoy's `get_header_map_value` answers.
+    pub fn get(&self, name: &str) -> Option<&[u8]> {
+        if let Some((_, value)) = self.changes.iter().find(|(n, _)| n == name) {
+            return value.as_deref();
+        }
+        self.original().find(|(n, _)| *n == name.as_bytes()).map(|(_, v)| v)
+    }
+
+    /// Records that `name` was replaced by `value` (or removed).
+    pub fn set(&mut self, name: &str, value: Option<&[u8]>) {
+        self.changes.retain(|(n, _)| n != name);
+        self.changes.push((name.to_string(), value.map(<[u8]>::to_vec)));
+    }
+
+    fn original(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        self.lines.iter().filter_map(|(name, value)| Some((self.raw.get(name.clone())?, self.raw.get(value.clone())?)))
+    }
+}
+
+/// The lines of a host-encoded header map; stops at the first malformed entry (a host bug, not
+/// something to fail a request over).
+fn index(raw: &[u8]) -> Vec<(std::ops::Range<usize>, std::ops::Range<usize>)> {
+    let count = read_u32(raw, 0).map_or(0, |n| n as usize);
+    let mut at = count.saturating_mul(8).saturating_add(4);
+    let mut lines = Vec::with_capacity(count.min(raw.len() / 10));
+    for i in 0..count {
+        let sizes = 4 + i * 8;
+        let (Some(key_len), Some(value_len)) = (read_u32(raw, sizes), read_u32(raw, sizes + 4)) else { break };
+        let key = at..at.saturating_add(key_len as usize);
+        let value = key.end.saturating_add(1)..key.end.saturating_add(1).saturating_add(value_len as usize);
+        if value.end >= raw.len() {
+            break;
+        }
+        at = value.end + 1;
+        lines.push((key, value));
+    }
+    lines
+}
+
+fn read_u32(raw: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_le_bytes(raw.get(at..at + 4)?.try_into().ok()?))
+}
 
 thread_local! {
     static MEMO: std::cell::RefCell<StreamMemo> = std::cell::RefCell::new(StreamMemo::default());
@@ -232,7 +303,7 @@ pub fn request_headers(context_id: u32) -> RequestHeaders {
     if let Some(known) = with_memo(context_id, |m| m.request_headers.clone()).flatten() {
         return known;
     }
-    let headers = RequestHeaders::new(hostcalls::get_map_bytes(MapType::HttpRequestHeaders).unwrap_or_default());
+    let headers = RequestHeaders::new(HeaderMap::from_raw(raw_request_headers()));
     with_memo(context_id, |m| m.request_headers = Some(headers.clone()));
     headers
 }
@@ -241,7 +312,7 @@ pub fn request_headers(context_id: u32) -> RequestHeaders {
 /// sharing (read once for all filters), else one host call.
 pub fn request_header(context_id: u32, name: &str) -> Option<Vec<u8>> {
     if with_memo(context_id, |_| ()).is_some() {
-        return request_headers(context_id).iter().find(|(n, _)| n == name).map(|(_, v)| v.clone());
+        return request_headers(context_id).get(name).map(<[u8]>::to_vec);
     }
     hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name).ok().flatten()
 }
@@ -253,13 +324,35 @@ pub fn set_request_header(context_id: u32, name: &str, value: Option<&[u8]>) {
     let _ = hostcalls::set_map_value_bytes(MapType::HttpRequestHeaders, name, value);
     with_memo(context_id, |m| {
         if let Some(headers) = m.request_headers.as_mut() {
-            let headers = std::rc::Rc::make_mut(headers);
-            headers.retain(|(n, _)| n != name);
-            if let Some(value) = value {
-                headers.push((name.to_string(), value.to_vec()));
-            }
+            std::rc::Rc::make_mut(headers).set(name, value);
         }
     });
+}
+
+/// The request headers in the host's encoding, in the one buffer the host allocated for them
+/// (empty when the host has none or refuses).
+#[cfg(target_arch = "wasm32")]
+#[allow(unsafe_code)]
+fn raw_request_headers() -> Vec<u8> {
+    #[link(wasm_import_module = "env")]
+    extern "C" {
+        fn proxy_get_header_map_pairs(map_type: u32, return_data: *mut *mut u8, return_size: *mut usize) -> u32;
+    }
+    let (mut data, mut size): (*mut u8, usize) = (std::ptr::null_mut(), 0);
+    // SAFETY: the host writes one pointer and one size into the two live locals.
+    let status = unsafe { proxy_get_header_map_pairs(MapType::HttpRequestHeaders as u32, &mut data, &mut size) };
+    if status != 0 || data.is_null() {
+        return Vec::new();
+    }
+    // SAFETY: the host allocated exactly `size` bytes at `data` through this module's `malloc`
+    // export (the SDK's, a boxed slice of that length) and hands them over: ours to own and
+    // free, as the SDK's own `get_map` does with the same call.
+    unsafe { Vec::from_raw_parts(data, size, size) }
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+fn raw_request_headers() -> Vec<u8> {
+    Vec::new() // no host outside Wasm
 }
 
 /// Ends the sharing of request headers for stream `context_id` (tether-edge, when the request
@@ -307,4 +400,68 @@ pub fn remove_client_session_header(context_id: u32, header: &str) -> bool {
         set_request_header(context_id, header, None);
     }
     present
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The host's encoding of `pairs`.
+    fn encode(pairs: &[(&str, &str)]) -> Vec<u8> {
+        let mut out = (pairs.len() as u32).to_le_bytes().to_vec();
+        for (k, v) in pairs {
+            out.extend_from_slice(&(k.len() as u32).to_le_bytes());
+            out.extend_from_slice(&(v.len() as u32).to_le_bytes());
+        }
+        for (k, v) in pairs {
+            out.extend_from_slice(k.as_bytes());
+            out.push(0);
+            out.extend_from_slice(v.as_bytes());
+            out.push(0);
+        }
+        out
+    }
+
+    fn lines(map: &HeaderMap) -> Vec<(String, String)> {
+        map.iter()
+            .map(|(k, v)| (String::from_utf8_lossy(k).into_owned(), String::from_utf8_lossy(v).into_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn reads_the_hosts_encoding_in_place() {
+        let map = HeaderMap::from_raw(encode(&[(":path", "/a"), ("cookie", "a=1"), ("cookie", "b=2"), ("empty", "")]));
+        assert_eq!(map.get(":path"), Some(&b"/a"[..]));
+        assert_eq!(map.get("cookie"), Some(&b"a=1"[..]), "the first line, as Envoy answers");
+        assert_eq!(map.get("empty"), Some(&b""[..]));
+        assert_eq!(map.get("missing"), None);
+        assert_eq!(map.iter().filter(|(n, _)| *n == b"cookie").count(), 2);
+        assert_eq!(HeaderMap::default().iter().count(), 0);
+    }
+
+    #[test]
+    fn changes_replace_every_line_of_the_name_and_come_last() {
+        let mut map = HeaderMap::from_raw(encode(&[("x-a", "1"), ("cookie", "a=1"), ("cookie", "b=2"), ("x-b", "2")]));
+        map.set("cookie", Some(b"c=3"));
+        map.set("x-a", None);
+        map.set("x-new", Some(b"n"));
+        map.set("x-new", Some(b"m"));
+        let want = [("x-b", "2"), ("cookie", "c=3"), ("x-new", "m")];
+        assert_eq!(lines(&map), want.map(|(k, v)| (k.to_string(), v.to_string())));
+        assert_eq!(map.get("x-a"), None);
+        assert_eq!(map.get("cookie"), Some(&b"c=3"[..]));
+    }
+
+    #[test]
+    fn a_malformed_buffer_yields_what_is_whole_and_never_panics() {
+        let raw = encode(&[("one", "1"), ("two", "2")]);
+        for cut in 0..raw.len() {
+            let map = HeaderMap::from_raw(raw[..cut].to_vec());
+            assert!(map.iter().count() <= 2);
+            let _ = map.get("two");
+        }
+        let mut huge = raw.clone();
+        huge[..4].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(HeaderMap::from_raw(huge).iter().count() <= 2);
+    }
 }
