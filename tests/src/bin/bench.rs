@@ -474,7 +474,7 @@ fn main() {
             let s = samples.entry(arm.name.clone()).or_default();
             s.cpu_us.push(h2load_cpu(arm, requests));
             s.rps.push(wrk_rps(arm, 2));
-            let (p50, p99) = open_loop(arm, rate, Duration::from_secs(2), 8);
+            let (p50, p99) = open_loop(arm, rate, Duration::from_secs(1), 8);
             s.p50_us.push(p50);
             s.p99_us.push(p99);
         }
@@ -527,7 +527,7 @@ fn report(
     let _ = writeln!(
         md,
         "{rounds} interleaved rounds; per arm and round: {requests} requests (h2load, HTTP/1.1, 8 connections) for CPU, \
-         wrk 2 s (8 connections) for requests/s, {rate} requests/s open-loop for 2 s for latency. Proxies pinned to \
+         wrk 2 s (8 connections) for requests/s, {rate} requests/s open-loop for 1 s for latency. Proxies pinned to \
          CPU 0 (Envoy 1.40.0 `--concurrency 1`, HAProxy `nbthread 1`); load and nodes on CPU 1. Machine: {cpus}, \
          2 cores. Run took {:.0} s. Medians, min–max in brackets; Δ against Envoy with no filter in the same run.\n",
         took.as_secs_f64()
