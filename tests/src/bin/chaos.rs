@@ -40,33 +40,40 @@ struct Tally {
     post_failures: AtomicU64,
     ws_opened: AtomicU64,
     ws_broken: AtomicU64,
+    /// Each failed request: when (s since the load started), method, and what went wrong.
+    failures: Mutex<Vec<String>>,
 }
 
 fn env_or(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
-/// One HTTP/1.1 exchange on a keep-alive connection: (status, x-node, our Set-Cookie if any).
+/// One HTTP/1.1 exchange on a keep-alive connection: (status, x-node, our Set-Cookie if any),
+/// or what went wrong.
 fn exchange(
     conn: &mut Option<BufReader<TcpStream>>,
     addr: SocketAddr,
     head: &str,
     body: &[u8],
-) -> Option<(u16, String, Option<String>)> {
+) -> Result<(u16, String, Option<String>), String> {
+    let reused = conn.is_some();
     if conn.is_none() {
-        let s = TcpStream::connect(addr).ok()?;
+        let s = TcpStream::connect(addr).map_err(|e| format!("connect: {e}"))?;
         s.set_read_timeout(Some(Duration::from_secs(10))).ok();
         *conn = Some(BufReader::new(s));
     }
-    let reader = conn.as_mut()?;
+    let reader = conn.as_mut().ok_or("no connection")?;
     let ok = reader.get_mut().write_all(head.as_bytes()).and_then(|()| reader.get_mut().write_all(body));
-    if ok.is_err() {
+    if let Err(e) = ok {
         *conn = None;
-        return None;
+        return Err(format!("write ({} connection): {e}", if reused { "reused" } else { "new" }));
     }
-    let Ok((status, headers)) = read_keepalive_response(reader) else {
-        *conn = None;
-        return None;
+    let (status, headers) = match read_keepalive_response(reader) {
+        Ok(response) => response,
+        Err(e) => {
+            *conn = None;
+            return Err(format!("read ({} connection): {e}", if reused { "reused" } else { "new" }));
+        }
     };
     let header = |name: &str| headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str());
     let node = header("x-node").unwrap_or_default().to_string();
@@ -74,7 +81,7 @@ fn exchange(
     if header("connection").is_some_and(|v| v.eq_ignore_ascii_case("close")) {
         *conn = None;
     }
-    Some((status, node, set))
+    Ok((status, node, set))
 }
 
 fn main() {
@@ -147,18 +154,26 @@ fn main() {
                         (format!("GET /doc/{s} HTTP/1.1\r\nHost: chaos\r\nCookie: {cookie}\r\n\r\n"), &[])
                     };
                     let result = exchange(&mut conn, addr, &head, payload);
-                    let ok = matches!(result, Some((200, _, _)));
+                    let ok = matches!(result, Ok((200, _, _)));
                     let counter = if post { (&tally.posts, &tally.post_failures) } else { (&tally.gets, &tally.get_failures) };
                     counter.0.fetch_add(1, Ordering::SeqCst);
                     if !ok {
                         counter.1.fetch_add(1, Ordering::SeqCst);
+                        let what = match &result {
+                            Ok((status, node, _)) => format!("status {status} from {node:?}"),
+                            Err(e) => e.clone(),
+                        };
+                        let line = format!("{:.2} s {}: {what}", start.elapsed().as_secs_f64(), if post { "POST" } else { "GET" });
+                        if let Ok(mut f) = tally.failures.lock() {
+                            f.push(line);
+                        }
                     }
-                    if let Some((_, _, Some(set))) = &result {
+                    if let Ok((_, _, Some(set))) = &result {
                         if let Ok(mut c) = jar.lock() {
                             c.clone_from(set);
                         }
                     }
-                    if let Some((200, node, _)) = result {
+                    if let Ok((200, node, _)) = result {
                         if let Ok(mut v) = served.lock() {
                             if let Some(list) = v.get_mut(s) {
                                 list.push((Instant::now(), node));
@@ -279,6 +294,9 @@ fn main() {
         get(&t.ws_opened),
         get(&t.ws_broken)
     );
+    for failure in t.failures.lock().map(|f| f.clone()).unwrap_or_default() {
+        println!("- failed: {failure}");
+    }
 
     // Long run.
     let cookie = format!("cookie: {}", cookies[0]);
