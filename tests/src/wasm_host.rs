@@ -262,6 +262,8 @@ fn stateful_session(stream: &mut Stream, header: &str) {
     }
 }
 
+/// Counts one host call. With `TETHER_COST_TRACE` set, also prints the fuel left at each call
+/// (stderr): the differences show where between two host calls the instructions go.
 fn count(caller: &mut Caller<'_, HostState>, name: &str) {
     if std::env::var_os("TETHER_COST_TRACE").is_some() {
         eprintln!("{:>12} {name}", caller.get_fuel().unwrap_or(0));

@@ -1,7 +1,9 @@
 //! costs: what each Tether filter asks of Envoy per request, counted exactly: VM entries, host
 //! calls by name, Wasm instructions (`tether_e2e::wasm_host`, an interpreter standing in for
 //! Envoy). The same workload as `scripts/bench`'s arms: the Overleaf configurations and a
-//! returning user's GET. Writes target/bench/host-calls.md and prints it.
+//! returning user's GET. Writes target/bench/host-calls.md and prints it. `COSTS_ONLY=affinity`
+//! counts one arm; with `TETHER_COST_TRACE=1` its host calls are printed in order with the fuel
+//! left at each.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
