@@ -314,21 +314,9 @@ fn headers_mut(state: &mut HostState, map: i32) -> Option<&mut Vec<(String, Stri
     }
 }
 
-/// proxy-wasm's header map encoding: count, (key length, value length) pairs, then each key
-/// and value NUL-terminated.
+/// proxy-wasm's header map encoding, as the filters read it (tether-glue).
 fn encode_map(pairs: &[(String, String)]) -> Vec<u8> {
-    let mut out = (pairs.len() as u32).to_le_bytes().to_vec();
-    for (k, v) in pairs {
-        out.extend_from_slice(&(k.len() as u32).to_le_bytes());
-        out.extend_from_slice(&(v.len() as u32).to_le_bytes());
-    }
-    for (k, v) in pairs {
-        out.extend_from_slice(k.as_bytes());
-        out.push(0);
-        out.extend_from_slice(v.as_bytes());
-        out.push(0);
-    }
-    out
+    tether_glue::HeaderMap::encode(pairs.iter().map(|(k, v)| (k.as_bytes(), v.as_bytes())))
 }
 
 fn linker(engine: &Engine, module: &Module) -> Result<Linker<HostState>, String> {

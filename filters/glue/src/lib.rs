@@ -202,6 +202,24 @@ impl HeaderMap {
         self.original().find(|(n, _)| *n == name.as_bytes()).map(|(_, v)| v)
     }
 
+    /// The host's encoding of `pairs`: what `from_raw` reads (for hosts and tests; the
+    /// benchmark's stand-in host, tests/src/wasm_host.rs, answers with it).
+    pub fn encode<'a>(pairs: impl IntoIterator<Item = (&'a [u8], &'a [u8])> + Clone) -> Vec<u8> {
+        let count = pairs.clone().into_iter().count();
+        let mut out = u32::try_from(count).unwrap_or(u32::MAX).to_le_bytes().to_vec();
+        for (k, v) in pairs.clone() {
+            out.extend_from_slice(&u32::try_from(k.len()).unwrap_or(u32::MAX).to_le_bytes());
+            out.extend_from_slice(&u32::try_from(v.len()).unwrap_or(u32::MAX).to_le_bytes());
+        }
+        for (k, v) in pairs {
+            out.extend_from_slice(k);
+            out.push(0);
+            out.extend_from_slice(v);
+            out.push(0);
+        }
+        out
+    }
+
     /// Records that `name` was replaced by `value` (or removed).
     pub fn set(&mut self, name: &str, value: Option<&[u8]>) {
         self.changes.retain(|(n, _)| n != name);
@@ -406,20 +424,8 @@ pub fn remove_client_session_header(context_id: u32, header: &str) -> bool {
 mod tests {
     use super::*;
 
-    /// The host's encoding of `pairs`.
     fn encode(pairs: &[(&str, &str)]) -> Vec<u8> {
-        let mut out = (pairs.len() as u32).to_le_bytes().to_vec();
-        for (k, v) in pairs {
-            out.extend_from_slice(&(k.len() as u32).to_le_bytes());
-            out.extend_from_slice(&(v.len() as u32).to_le_bytes());
-        }
-        for (k, v) in pairs {
-            out.extend_from_slice(k.as_bytes());
-            out.push(0);
-            out.extend_from_slice(v.as_bytes());
-            out.push(0);
-        }
-        out
+        HeaderMap::encode(pairs.iter().map(|(k, v)| (k.as_bytes(), v.as_bytes())))
     }
 
     fn lines(map: &HeaderMap) -> Vec<(String, String)> {
