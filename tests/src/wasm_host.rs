@@ -39,8 +39,6 @@ pub struct RequestCost {
     pub host_calls: BTreeMap<String, u32>,
     /// Wasm instructions executed (wasmi fuel).
     pub instructions: u64,
-    /// Status of a local reply the filter sent, if any.
-    pub local_reply: Option<u32>,
     /// The request and response headers as the filter left them.
     pub request_headers: Vec<(String, String)>,
     pub response_headers: Vec<(String, String)>,
@@ -128,17 +126,6 @@ impl FilterVm {
     /// A counter's value (`tether_path_pin.client_session_header_removed`), 0 if undefined.
     pub fn metric(&self, name: &str) -> u64 {
         self.store.data().metrics.iter().filter(|(n, _)| n == name).map(|(_, v)| v).sum()
-    }
-
-    /// The filter's log lines so far (level and text).
-    pub fn log(&self) -> &[String] {
-        &self.store.data().log
-    }
-
-    /// Runs one request through this filter alone (see `run_chain`).
-    pub fn request(&mut self, exchange: &Exchange) -> Result<RequestCost, String> {
-        let mut costs = run_chain(std::slice::from_mut(self), exchange)?;
-        costs.pop().ok_or_else(|| "no cost".to_string())
     }
 
     /// One callback of one stream: the stream's state goes into the VM and comes back out,
@@ -241,7 +228,6 @@ pub fn run_chain(vms: &mut [FilterVm], exchange: &Exchange) -> Result<Vec<Reques
         }
     }
     for cost in &mut costs {
-        cost.local_reply = stream.local_reply;
         cost.request_headers = stream.request_headers.clone();
         cost.response_headers = stream.response_headers.clone();
     }
@@ -319,24 +305,40 @@ fn encode_map(pairs: &[(String, String)]) -> Vec<u8> {
     tether_glue::HeaderMap::encode(pairs.iter().map(|(k, v)| (k.as_bytes(), v.as_bytes())))
 }
 
+/// The linker being built, and which imports it implements so far (the rest get a stub).
+struct Imports {
+    linker: Linker<HostState>,
+    defined: Vec<(&'static str, &'static str)>,
+}
+
+impl Imports {
+    fn wrap<Params, Results>(
+        &mut self,
+        module: &'static str,
+        name: &'static str,
+        func: impl wasmi::IntoFunc<HostState, Params, Results>,
+    ) -> Result<(), String> {
+        self.linker.func_wrap(module, name, func).map_err(|e| e.to_string())?;
+        self.defined.push((module, name));
+        Ok(())
+    }
+}
+
 fn linker(engine: &Engine, module: &Module) -> Result<Linker<HostState>, String> {
-    let mut l = Linker::<HostState>::new(engine);
-    let e = |e: wasmi::errors::LinkerError| e.to_string();
-    l.func_wrap("env", "proxy_log", |mut c: Caller<'_, HostState>, level: i32, ptr: i32, len: i32| -> HostResult {
+    let mut l = Imports { linker: Linker::<HostState>::new(engine), defined: Vec::new() };
+    l.wrap("env", "proxy_log", |mut c: Caller<'_, HostState>, level: i32, ptr: i32, len: i32| -> HostResult {
         count(&mut c, "proxy_log");
         let line = format!("{level} {}", text(&c, ptr, len)?);
         c.data_mut().log.push(line);
         Ok(OK)
-    })
-    .map_err(e)?;
-    l.func_wrap("env", "proxy_get_current_time_nanoseconds", |mut c: Caller<'_, HostState>, out: i32| -> HostResult {
+    })?;
+    l.wrap("env", "proxy_get_current_time_nanoseconds", |mut c: Caller<'_, HostState>, out: i32| -> HostResult {
         count(&mut c, "proxy_get_current_time_nanoseconds");
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
         write(&mut c, out, &(now.as_nanos() as u64).to_le_bytes())?;
         Ok(OK)
-    })
-    .map_err(e)?;
-    l.func_wrap(
+    })?;
+    l.wrap(
         "env",
         "proxy_get_buffer_bytes",
         |mut c: Caller<'_, HostState>, kind: i32, start: i32, max: i32, ptr_out: i32, size_out: i32| -> HostResult {
@@ -351,9 +353,8 @@ fn linker(engine: &Engine, module: &Module) -> Result<Linker<HostState>, String>
             let end = start.saturating_add(max as u32 as usize).min(buffer.len());
             hand_over(&mut c, &buffer[start..end], ptr_out, size_out)
         },
-    )
-    .map_err(e)?;
-    l.func_wrap(
+    )?;
+    l.wrap(
         "env",
         "proxy_get_header_map_pairs",
         |mut c: Caller<'_, HostState>, map: i32, ptr_out: i32, size_out: i32| -> HostResult {
@@ -362,9 +363,8 @@ fn linker(engine: &Engine, module: &Module) -> Result<Linker<HostState>, String>
             let encoded = encode_map(headers);
             hand_over(&mut c, &encoded, ptr_out, size_out)
         },
-    )
-    .map_err(e)?;
-    l.func_wrap(
+    )?;
+    l.wrap(
         "env",
         "proxy_get_header_map_value",
         |mut c: Caller<'_, HostState>, map: i32, key: i32, key_len: i32, ptr_out: i32, size_out: i32| -> HostResult {
@@ -376,10 +376,9 @@ fn linker(engine: &Engine, module: &Module) -> Result<Linker<HostState>, String>
                 None => Ok(NOT_FOUND),
             }
         },
-    )
-    .map_err(e)?;
+    )?;
     for name in ["proxy_add_header_map_value", "proxy_replace_header_map_value"] {
-        l.func_wrap(
+        l.wrap(
             "env",
             name,
             move |mut c: Caller<'_, HostState>,
@@ -398,10 +397,9 @@ fn linker(engine: &Engine, module: &Module) -> Result<Linker<HostState>, String>
                 headers.push((key, value));
                 Ok(OK)
             },
-        )
-        .map_err(e)?;
+        )?;
     }
-    l.func_wrap(
+    l.wrap(
         "env",
         "proxy_remove_header_map_value",
         |mut c: Caller<'_, HostState>, map: i32, key: i32, key_len: i32| -> HostResult {
@@ -411,9 +409,8 @@ fn linker(engine: &Engine, module: &Module) -> Result<Linker<HostState>, String>
             headers.retain(|(k, _)| *k != key);
             Ok(OK)
         },
-    )
-    .map_err(e)?;
-    l.func_wrap(
+    )?;
+    l.wrap(
         "env",
         "proxy_get_property",
         |mut c: Caller<'_, HostState>, path: i32, path_len: i32, ptr_out: i32, size_out: i32| -> HostResult {
@@ -424,9 +421,8 @@ fn linker(engine: &Engine, module: &Module) -> Result<Linker<HostState>, String>
                 None => Ok(NOT_FOUND),
             }
         },
-    )
-    .map_err(e)?;
-    l.func_wrap(
+    )?;
+    l.wrap(
         "env",
         "proxy_set_property",
         |mut c: Caller<'_, HostState>, path: i32, path_len: i32, value: i32, value_len: i32| -> HostResult {
@@ -435,9 +431,8 @@ fn linker(engine: &Engine, module: &Module) -> Result<Linker<HostState>, String>
             c.data_mut().stream.properties.insert(path, value);
             Ok(OK)
         },
-    )
-    .map_err(e)?;
-    l.func_wrap(
+    )?;
+    l.wrap(
         "env",
         "proxy_get_shared_data",
         |mut c: Caller<'_, HostState>,
@@ -457,9 +452,8 @@ fn linker(engine: &Engine, module: &Module) -> Result<Linker<HostState>, String>
                 None => Ok(NOT_FOUND),
             }
         },
-    )
-    .map_err(e)?;
-    l.func_wrap(
+    )?;
+    l.wrap(
         "env",
         "proxy_set_shared_data",
         |mut c: Caller<'_, HostState>, key: i32, key_len: i32, value: i32, value_len: i32, cas: i32| -> HostResult {
@@ -472,9 +466,8 @@ fn linker(engine: &Engine, module: &Module) -> Result<Linker<HostState>, String>
             *entry = (value, entry.1 + 1);
             Ok(OK)
         },
-    )
-    .map_err(e)?;
-    l.func_wrap(
+    )?;
+    l.wrap(
         "env",
         "proxy_define_metric",
         |mut c: Caller<'_, HostState>, _kind: i32, name: i32, len: i32, id_out: i32| -> HostResult {
@@ -485,9 +478,8 @@ fn linker(engine: &Engine, module: &Module) -> Result<Linker<HostState>, String>
             write(&mut c, id_out, &id.to_le_bytes())?;
             Ok(OK)
         },
-    )
-    .map_err(e)?;
-    l.func_wrap("env", "proxy_increment_metric", |mut c: Caller<'_, HostState>, id: i32, by: i64| -> HostResult {
+    )?;
+    l.wrap("env", "proxy_increment_metric", |mut c: Caller<'_, HostState>, id: i32, by: i64| -> HostResult {
         count(&mut c, "proxy_increment_metric");
         match c.data_mut().metrics.get_mut(id as u32 as usize) {
             Some((_, m)) => {
@@ -496,9 +488,8 @@ fn linker(engine: &Engine, module: &Module) -> Result<Linker<HostState>, String>
             }
             None => Ok(NOT_FOUND),
         }
-    })
-    .map_err(e)?;
-    l.func_wrap(
+    })?;
+    l.wrap(
         "env",
         "proxy_send_local_response",
         |mut c: Caller<'_, HostState>,
@@ -515,15 +506,13 @@ fn linker(engine: &Engine, module: &Module) -> Result<Linker<HostState>, String>
             c.data_mut().stream.local_reply = Some(status as u32);
             Ok(OK)
         },
-    )
-    .map_err(e)?;
-    l.func_wrap("env", "proxy_set_effective_context", |mut c: Caller<'_, HostState>, _id: i32| -> HostResult {
+    )?;
+    l.wrap("env", "proxy_set_effective_context", |mut c: Caller<'_, HostState>, _id: i32| -> HostResult {
         count(&mut c, "proxy_set_effective_context");
         Ok(OK)
-    })
-    .map_err(e)?;
+    })?;
     // WASI's environment, which Envoy gives every module (`host_env_var` in tether-glue).
-    l.func_wrap(
+    l.wrap(
         "wasi_snapshot_preview1",
         "environ_sizes_get",
         |mut c: Caller<'_, HostState>, count_out: i32, size_out: i32| -> HostResult {
@@ -534,9 +523,8 @@ fn linker(engine: &Engine, module: &Module) -> Result<Linker<HostState>, String>
             write(&mut c, size_out, &(size as u32).to_le_bytes())?;
             Ok(0)
         },
-    )
-    .map_err(e)?;
-    l.func_wrap(
+    )?;
+    l.wrap(
         "wasi_snapshot_preview1",
         "environ_get",
         |mut c: Caller<'_, HostState>, pointers: i32, buf: i32| -> HostResult {
@@ -551,51 +539,24 @@ fn linker(engine: &Engine, module: &Module) -> Result<Linker<HostState>, String>
             }
             Ok(0)
         },
-    )
-    .map_err(e)?;
+    )?;
     // Every other import: counted, and `Unimplemented` (or nothing, for the rare void one).
     for import in module.imports() {
-        let (module_name, name) = (import.module().to_string(), import.name().to_string());
-        if is_defined(&module_name, &name) {
+        let (module_name, name) = (import.module(), import.name());
+        if l.defined.contains(&(module_name, name)) {
             continue;
         }
         let Some(ty) = import.ty().func().cloned() else { continue };
-        let counted = name.clone();
-        l.func_new(&module_name, &name, ty, move |mut c: Caller<'_, HostState>, _args: &[Val], results: &mut [Val]| {
-            count(&mut c, &counted);
-            if let Some(first) = results.first_mut() {
-                *first = Val::I32(UNIMPLEMENTED);
-            }
-            Ok(())
-        })
-        .map_err(e)?;
+        let counted = name.to_string();
+        l.linker
+            .func_new(module_name, name, ty, move |mut c: Caller<'_, HostState>, _args: &[Val], results: &mut [Val]| {
+                count(&mut c, &counted);
+                if let Some(first) = results.first_mut() {
+                    *first = Val::I32(UNIMPLEMENTED);
+                }
+                Ok(())
+            })
+            .map_err(|e| e.to_string())?;
     }
-    Ok(l)
-}
-
-/// The imports `linker` implements itself.
-fn is_defined(module: &str, name: &str) -> bool {
-    const ENV: [&str; 16] = [
-        "proxy_log",
-        "proxy_get_current_time_nanoseconds",
-        "proxy_get_buffer_bytes",
-        "proxy_get_header_map_pairs",
-        "proxy_get_header_map_value",
-        "proxy_add_header_map_value",
-        "proxy_replace_header_map_value",
-        "proxy_remove_header_map_value",
-        "proxy_get_property",
-        "proxy_set_property",
-        "proxy_get_shared_data",
-        "proxy_set_shared_data",
-        "proxy_define_metric",
-        "proxy_increment_metric",
-        "proxy_send_local_response",
-        "proxy_set_effective_context",
-    ];
-    match module {
-        "env" => ENV.contains(&name),
-        "wasi_snapshot_preview1" => name == "environ_sizes_get" || name == "environ_get",
-        _ => false,
-    }
+    Ok(l.linker)
 }
