@@ -91,11 +91,13 @@ pub fn three_nodes() -> Vec<TestNode> {
 /// The nodes table for these nodes, as filter JSON: `[{"name": ..., "address": ...}, ...]`.
 /// Takes the nodes themselves or references to them.
 pub fn nodes_json<N: std::borrow::Borrow<TestNode>>(nodes: &[N]) -> String {
-    let entries: Vec<String> = nodes
-        .iter()
-        .map(|n| n.borrow())
-        .map(|n| format!(r#"{{"name": "{}", "address": "{}"}}"#, n.name, n.addr))
-        .collect();
+    nodes_table_json(nodes.iter().map(|n| (n.borrow().name.clone(), n.borrow().addr.to_string())))
+}
+
+/// A nodes table as filter JSON from (name, "ip:port") pairs.
+pub fn nodes_table_json(nodes: impl IntoIterator<Item = (String, String)>) -> String {
+    let entries: Vec<String> =
+        nodes.into_iter().map(|(name, address)| format!(r#"{{"name": "{name}", "address": "{address}"}}"#)).collect();
     format!("[{}]", entries.join(", "))
 }
 

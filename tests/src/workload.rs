@@ -1,6 +1,7 @@
 //! The workload `scripts/bench` measures, shared with the host-call count (`bin/costs.rs`) so
 //! both describe the same thing: the Overleaf filter configurations and a returning user's GET.
 
+use crate::node::nodes_table_json;
 use crate::wasm_exports::release_wasm;
 use crate::wasm_host::{run_chain, Exchange, FilterVm, RequestCost};
 
@@ -65,8 +66,7 @@ pub const NODES: [(&str, &str); 3] = [
 ];
 
 pub fn nodes_table() -> String {
-    let entries: Vec<String> = NODES.iter().map(|(n, a)| format!(r#"{{"name": "{n}", "address": "{a}"}}"#)).collect();
-    format!("[{}]", entries.join(", "))
+    nodes_table_json(NODES.iter().map(|(name, address)| (name.to_string(), address.to_string())))
 }
 
 /// A GET as h2load sends it through Envoy's HTTP/1.1 listener, answered by the node the routing
