@@ -196,7 +196,6 @@ pub fn response_complete(out: &[u8]) -> bool {
 /// Opens a WebSocket over TLS with `openssl s_client` and returns the handshake's status and
 /// the node that answered; the process is killed as soon as the response head has arrived.
 pub fn tls_websocket_handshake(addr: SocketAddr, cookie: &str) -> (u16, String) {
-    use std::io::{BufRead, BufReader};
     let mut child = Command::new("openssl")
         .args(["s_client", "-quiet", "-connect", &addr.to_string()])
         .stdin(Stdio::piped())
@@ -209,24 +208,10 @@ pub fn tls_websocket_handshake(addr: SocketAddr, cookie: &str) -> (u16, String) 
          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nCookie: {cookie}\r\n\r\n"
     );
     child.stdin.as_mut().unwrap().write_all(request.as_bytes()).unwrap();
-    let mut reader = BufReader::new(child.stdout.take().unwrap());
-    let (mut status, mut node) = (0, String::new());
-    let mut line = String::new();
-    while reader.read_line(&mut line).unwrap_or(0) > 0 {
-        let l = line.trim_end();
-        if l.is_empty() {
-            break;
-        }
-        if let Some(s) = l.strip_prefix("HTTP/1.1 ") {
-            status = s.split(' ').next().and_then(|c| c.parse().ok()).unwrap_or(0);
-        }
-        if let Some((n, v)) = l.split_once(':') {
-            if n.eq_ignore_ascii_case("x-node") {
-                node = v.trim().to_string();
-            }
-        }
-        line.clear();
-    }
+    // A 101 has no body: the response head is all there is to read.
+    let mut reader = std::io::BufReader::new(child.stdout.take().unwrap());
+    let (status, headers) = read_keepalive_response(&mut reader).unwrap_or_default();
+    let node = headers.into_iter().find(|(n, _)| n == "x-node").map(|(_, v)| v).unwrap_or_default();
     let _ = child.kill();
     let _ = child.wait();
     (status, node)
