@@ -20,8 +20,7 @@ pub fn envoy_bin() -> PathBuf {
 
 /// The release `.wasm` of a filter crate (`body-limit` → `tether_body_limit.wasm`).
 pub fn wasm_path(filter: &str) -> PathBuf {
-    let file = format!("tether_{}.wasm", filter.replace('-', "_"));
-    let path = repo_root().join("target/wasm32-unknown-unknown/release").join(file);
+    let path = crate::wasm_exports::release_wasm(&format!("tether_{}", filter.replace('-', "_")));
     assert!(path.exists(), "{} is missing: run scripts/build first", path.display());
     path
 }
@@ -416,11 +415,6 @@ impl Envoy {
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
-    }
-
-    /// CPU time Envoy has used so far (user + system, all threads), from /proc.
-    pub fn cpu_time(&self) -> Duration {
-        crate::process_cpu_time(self.child.id())
     }
 
     pub fn pid(&self) -> u32 {

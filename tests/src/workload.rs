@@ -1,8 +1,8 @@
 //! The workload `scripts/bench` measures, shared with the host-call count (`bin/costs.rs`) so
 //! both describe the same thing: the Overleaf filter configurations and a returning user's GET.
 
+use crate::envoy::wasm_path;
 use crate::node::nodes_table_json;
-use crate::wasm_exports::release_wasm;
 use crate::wasm_host::{run_chain, Exchange, FilterVm, RequestCost};
 
 /// The routing contract's header in the benchmark (the filters' default).
@@ -118,7 +118,7 @@ pub fn start_vms(chain: &[(&str, &str)]) -> Result<Vec<FilterVm>, String> {
     chain
         .iter()
         .map(|(filter, config)| {
-            let path = release_wasm(&format!("tether_{}", filter.replace('-', "_")));
+            let path = wasm_path(filter);
             let module = std::fs::read(&path).map_err(|e| format!("{}: {e} (run scripts/build)", path.display()))?;
             FilterVm::start(&module, config, &[]).map_err(|e| format!("{filter}: {e}"))
         })

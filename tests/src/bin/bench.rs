@@ -65,7 +65,7 @@ struct Samples {
 }
 
 fn wasm_size(crate_name: &str) -> u64 {
-    let path = repo_root().join(format!("target/wasm32-unknown-unknown/release/tether_{crate_name}.wasm"));
+    let path = release_wasm(&format!("tether_{crate_name}"));
     std::fs::metadata(&path).map(|m| m.len()).unwrap_or_else(|e| panic!("{}: {e} (run scripts/build)", path.display()))
 }
 
