@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tether_e2e::http::request;
-use tether_e2e::node::nodes_json;
+use tether_e2e::node::{nodes_json, three_nodes};
 use tether_e2e::{wait_for, Envoy, EnvoyConfig, ScratchDir, TestNode, WasmFilter};
 
 const HEADER: &str = "x-tether-session";
@@ -123,7 +123,7 @@ fn a_session_per_node(envoy: &Envoy, nodes: usize) -> BTreeMap<String, String> {
 
 #[test]
 fn removing_a_node_on_reload_moves_only_its_sessions_and_fails_nothing() {
-    let nodes: Vec<TestNode> = (1..=3).map(|i| TestNode::start(&format!("node-{i}"))).collect();
+    let nodes = three_nodes();
     let all: Vec<&TestNode> = nodes.iter().collect();
     let d = Dynamic::start(&affinity_config(&all, ""));
     let sessions = a_session_per_node(&d.envoy, 3);
@@ -176,7 +176,7 @@ fn removing_a_node_on_reload_moves_only_its_sessions_and_fails_nothing() {
 
 #[test]
 fn an_invalid_filter_configuration_on_reload_is_rejected_and_the_old_one_keeps_serving() {
-    let nodes: Vec<TestNode> = (1..=3).map(|i| TestNode::start(&format!("node-{i}"))).collect();
+    let nodes = three_nodes();
     let all: Vec<&TestNode> = nodes.iter().collect();
     let d = Dynamic::start(&affinity_config(&all, ""));
     let sessions = a_session_per_node(&d.envoy, 3);
