@@ -4,9 +4,9 @@
 //! Configs live in `tests/parity/*.haproxy.cfg`: the guide's lines with loopback placeholders
 //! (`@HTTP_PORT@`, `@HTTPS_PORT@`, `@PEM@`, `@NODE1@`..., `@SOCKET@`) filled in here.
 
-use crate::{repo_root, wait_for, ScratchDir, TestNode};
+use crate::{free_port, repo_root, wait_for, ScratchDir, TestNode};
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -32,13 +32,6 @@ fn haproxy_bin() -> PathBuf {
     }
 }
 
-/// A port that was free a moment ago. HAProxy cannot report a port the OS chose, so the
-/// suite picks them; a clash makes HAProxy exit at start and [`Haproxy::start`] tries again.
-fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("bind: {e}"));
-    l.local_addr().map(|a| a.port()).unwrap_or_else(|e| panic!("local_addr: {e}"))
-}
-
 impl Haproxy {
     /// Starts `haproxy -db -f tests/parity/<name>.haproxy.cfg` in front of `nodes` and waits
     /// until every server is UP.
@@ -58,6 +51,8 @@ impl Haproxy {
 
     fn try_start(template: &str, nodes: &[&TestNode]) -> Result<Haproxy, String> {
         let dir = ScratchDir::new("haproxy");
+        // HAProxy cannot report a port the OS chose; a clash makes it exit at start and
+        // `start` tries again.
         let (http, https) = (free_port(), free_port());
         let socket = dir.join("stats.sock");
         let mut cfg = template

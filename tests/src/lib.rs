@@ -90,6 +90,18 @@ fn ticks_cpu_time(pid: u32) -> std::time::Duration {
     std::time::Duration::from_micros(ticks * 1_000_000 / per_sec)
 }
 
+/// An environment variable parsed as `T`, else `default` (the bench and chaos knobs).
+pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// A loopback port that was free a moment ago, for servers that cannot report a port the OS
+/// chose (HAProxy) or must be told theirs ahead (Envoy's dynamic listener in reload tests).
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("bind: {e}"));
+    l.local_addr().map(|a| a.port()).unwrap_or_else(|e| panic!("local_addr: {e}"))
+}
+
 /// Resident memory of a process in KiB (`VmRSS`), 0 if unknown.
 pub fn process_rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();

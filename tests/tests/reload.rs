@@ -7,13 +7,12 @@
 
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
-use std::net::TcpListener;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tether_e2e::http::request;
 use tether_e2e::node::{nodes_json, three_nodes};
-use tether_e2e::{wait_for, Envoy, EnvoyConfig, ScratchDir, TestNode, WasmFilter};
+use tether_e2e::{free_port, wait_for, Envoy, EnvoyConfig, ScratchDir, TestNode, WasmFilter};
 
 const HEADER: &str = "x-tether-session";
 const KEY: &str = "reload-test-key-0123456789";
@@ -55,7 +54,7 @@ fn publish(path: &std::path::Path, resource: &Value) {
 impl Dynamic {
     fn start(config: &EnvoyConfig) -> Dynamic {
         let dir = ScratchDir::new("dynamic");
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = free_port();
         let (lds, cds) = (dir.join("lds.json"), dir.join("cds.json"));
         let (listener, cluster) = resources(config, port);
         publish(&cds, &cluster);

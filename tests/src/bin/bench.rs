@@ -27,7 +27,7 @@ use tether_e2e::http::{read_keepalive_response, request, Response};
 use tether_e2e::node::nodes_json;
 use tether_e2e::wasm_exports::{release_wasm, remove_exports, unused_callback_exports};
 use tether_e2e::workload::{OverleafFilters, SESSION_HEADER};
-use tether_e2e::{process_cpu_time, process_rss_kib, repo_root, Envoy, EnvoyConfig, TestNode, WasmFilter};
+use tether_e2e::{env_or, process_cpu_time, process_rss_kib, repo_root, Envoy, EnvoyConfig, TestNode, WasmFilter};
 
 /// One proxy under test.
 struct Arm {
@@ -482,10 +482,6 @@ fn main() {
     }
     let rss: BTreeMap<String, u64> = arms.iter().map(|a| (a.name.clone(), process_rss_kib(a.proxy.pid()))).collect();
     report(&arms, &samples, &rss, &base_rss, requests, rounds, rate, started.elapsed());
-}
-
-fn env_or(name: &str, default: u32) -> u32 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
 fn median(v: &[f64]) -> f64 {

@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tether_e2e::http::{read_keepalive_response, request};
 use tether_e2e::node::nodes_json;
-use tether_e2e::{admin_get, process_rss_kib, Envoy, EnvoyConfig, TestNode, WasmFilter};
+use tether_e2e::{admin_get, env_or, process_rss_kib, Envoy, EnvoyConfig, TestNode, WasmFilter};
 
 const HEADER: &str = "x-tether-session";
 
@@ -42,10 +42,6 @@ struct Tally {
     ws_broken: AtomicU64,
     /// Each failed request: when (s since the load started), method, and what went wrong.
     failures: Mutex<Vec<String>>,
-}
-
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
 /// One HTTP/1.1 exchange on a keep-alive connection: (status, x-node, our Set-Cookie if any),
@@ -85,8 +81,8 @@ fn exchange(
 }
 
 fn main() {
-    let sessions = env_or("CHAOS_SESSIONS", 60) as usize;
-    let long_requests = env_or("CHAOS_LONG_REQUESTS", 1_000_000);
+    let sessions: usize = env_or("CHAOS_SESSIONS", 60);
+    let long_requests: u64 = env_or("CHAOS_LONG_REQUESTS", 1_000_000);
     let mut nodes: Vec<TestNode> = (1..=3).map(|i| TestNode::start(&format!("server-pro-ha-{i}"))).collect();
     let table = nodes_json(&nodes);
     let dead_addr = nodes[1].addr;
