@@ -234,15 +234,19 @@ pub fn run_chain(vms: &mut [FilterVm], exchange: &Exchange) -> Result<Vec<Reques
     Ok(costs)
 }
 
-/// Envoy's `stateful_session` filter, header mode, between the filters and the upstream.
+/// Envoy's `stateful_session` filter, header mode, between the filters and the upstream: the
+/// endpoint the request's header names serves; the response carries `base64(address)` of the
+/// endpoint that served only when it is not the one the request named (Envoy's
+/// `HeaderBasedSessionStateFactory::SessionStateImpl::onUpdate`, observed on 1.40).
 fn stateful_session(stream: &mut Stream, header: &str) {
     use base64::Engine as _;
     let upstream_path = b"upstream\0address".to_vec();
     let requested = stream.request_headers.iter().find(|(k, _)| k == header).map(|(_, v)| v.clone());
-    if let Some(address) = requested.and_then(|v| base64::engine::general_purpose::STANDARD.decode(v).ok()) {
-        stream.properties.insert(upstream_path.clone(), address);
+    let requested = requested.and_then(|v| base64::engine::general_purpose::STANDARD.decode(v).ok());
+    if let Some(address) = &requested {
+        stream.properties.insert(upstream_path.clone(), address.clone());
     }
-    if let Some(served) = stream.properties.get(&upstream_path) {
+    if let Some(served) = stream.properties.get(&upstream_path).filter(|s| Some(*s) != requested.as_ref()) {
         let encoded = base64::engine::general_purpose::STANDARD.encode(served);
         stream.response_headers.push((header.to_string(), encoded));
     }
@@ -302,7 +306,7 @@ fn headers_mut(state: &mut HostState, map: i32) -> Option<&mut Vec<(String, Stri
 
 /// proxy-wasm's header map encoding, as the filters read it (tether-glue).
 fn encode_map(pairs: &[(String, String)]) -> Vec<u8> {
-    tether_glue::HeaderMap::encode(pairs.iter().map(|(k, v)| (k.as_bytes(), v.as_bytes())))
+    tether_core::headers::HeaderMap::encode(pairs.iter().map(|(k, v)| (k.as_bytes(), v.as_bytes())))
 }
 
 /// The linker being built, and which imports it implements so far (the rest get a stub).
@@ -399,6 +403,22 @@ fn linker(engine: &Engine, module: &Module) -> Result<Linker<HostState>, String>
             },
         )?;
     }
+    l.wrap(
+        "env",
+        "proxy_set_header_map_pairs",
+        |mut c: Caller<'_, HostState>, map: i32, ptr: i32, len: i32| -> HostResult {
+            count(&mut c, "proxy_set_header_map_pairs");
+            let encoded = read(&c, ptr, len)?;
+            let map_now = tether_core::headers::HeaderMap::from_raw(encoded);
+            let pairs: Vec<(String, String)> = map_now
+                .iter()
+                .map(|(k, v)| (String::from_utf8_lossy(k).into_owned(), String::from_utf8_lossy(v).into_owned()))
+                .collect();
+            let Some(headers) = headers_mut(c.data_mut(), map) else { return Ok(BAD_ARGUMENT) };
+            *headers = pairs;
+            Ok(OK)
+        },
+    )?;
     l.wrap(
         "env",
         "proxy_remove_header_map_value",

@@ -5,20 +5,40 @@
 use std::collections::BTreeSet;
 use tether_e2e::wasm_exports::{export_names, filter_callbacks, release_wasm, FilterCallbacks, STREAM_CALLBACKS};
 
-const TRIMMED: [&str; 6] =
-    ["tether-affinity", "tether-body-limit", "tether-edge", "tether-forwarded", "tether-path-pin", "tether-uri-hash"];
+const TRIMMED: [&str; 6] = [
+    "tether-affinity-module",
+    "tether-body-limit-module",
+    "tether-edge",
+    "tether-forwarded-module",
+    "tether-path-pin-module",
+    "tether-uri-hash-module",
+];
 
 fn filters() -> Vec<FilterCallbacks> {
     filter_callbacks().unwrap_or_else(|e| panic!("{e}"))
 }
 
-/// The stream callbacks a crate's own sources implement (`fn on_http_request_body(` ...).
+/// tether-glue's `Filter` methods → the stream callback whose export runs them.
+const FILTER_METHODS: [(&str, &str); 3] = [
+    ("on_request", "on_http_request_headers"),
+    ("on_request_body", "on_http_request_body"),
+    ("on_response", "on_http_response_headers"),
+];
+
+/// The stream callbacks a filter's sources implement (`fn on_request_body(` ...): a module
+/// crate's are its filter library's, one folder up.
 fn implemented(filter: &FilterCallbacks) -> BTreeSet<String> {
-    let src = filter.dir.join("src");
+    let dir = if filter.dir.ends_with("module") { filter.dir.join("..") } else { filter.dir.clone() };
+    let src = dir.join("src");
     let mut found = BTreeSet::new();
     for entry in std::fs::read_dir(&src).unwrap_or_else(|e| panic!("{}: {e}", src.display())) {
         let path = entry.unwrap_or_else(|e| panic!("{e}")).path();
         let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        for (method, callback) in FILTER_METHODS {
+            if text.contains(&format!("fn {method}(")) {
+                found.insert(callback.to_string());
+            }
+        }
         for (method, _) in STREAM_CALLBACKS {
             if text.contains(&format!("fn {method}(")) {
                 found.insert(method.to_string());

@@ -1,18 +1,98 @@
-//! tether-affinity: Envoy HTTP filter (proxy-wasm) for cookie session affinity with redispatch.
+//! tether-affinity: cookie session affinity with redispatch.
 //!
 //! Request: a genuine cookie names a node; the filter routes to it through the session header
 //! (routing contract) and, with `indirect`, removes its cookie before the backend sees it.
-//! Response: `upstream.address` says which node served; a new session gets a cookie for it, a
-//! session whose node did not serve is moved there (redispatch), and last-seen is refreshed
-//! once per refresh interval.
+//! Response: the endpoint that served (the session header Envoy writes back when it chose
+//! another) decides: a new session gets a cookie for it, a session whose node did not serve is
+//! moved there (redispatch), and last-seen is refreshed once per refresh interval.
+//!
+//! A library: [`Affinity`] is the filter (tether-glue runs it; `module/` is its Wasm module,
+//! tether-edge runs it with the others). Every decision is `tether_core::affinity`'s.
 
-mod context;
+use log::debug;
+use tether_core::affinity::{AffinityPolicy, AffinityRequest, CookieState, SetReason};
+use tether_core::routing::Claim;
+use tether_glue::{configure, host_env_var, Callback, Counter, Filter, UnknownUpstream};
 
-use proxy_wasm::traits::RootContext;
+struct Metrics {
+    new_sessions: Counter,
+    pinned: Counter,
+    redispatched: Counter,
+    refreshed: Counter,
+    invalid: Counter,
+    expired: Counter,
+    client_session_header_removed: Counter,
+    unknown_upstream: UnknownUpstream,
+}
 
-pub use context::AffinityRoot;
+impl Metrics {
+    fn define() -> Metrics {
+        let c = |name: &str| Counter::define(&format!("tether_affinity.{name}"));
+        Metrics {
+            new_sessions: c("new_sessions"),
+            pinned: c("pinned"),
+            redispatched: c("redispatched"),
+            refreshed: c("refreshed"),
+            invalid: c("invalid_cookie"),
+            expired: c("expired_cookie"),
+            client_session_header_removed: c("client_session_header_removed"),
+            unknown_upstream: UnknownUpstream::define("tether_affinity"),
+        }
+    }
+}
 
-proxy_wasm::main! {{
-    proxy_wasm::set_log_level(proxy_wasm::types::LogLevel::Trace);
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(AffinityRoot::default()) });
-}}
+pub struct Affinity {
+    policy: AffinityPolicy,
+    metrics: Metrics,
+}
+
+impl Filter for Affinity {
+    type Request = AffinityRequest;
+
+    fn from_config(json: &[u8]) -> Option<Affinity> {
+        let parse = |json: &[u8]| AffinityPolicy::from_json(json, host_env_var);
+        let policy = configure("affinity", json, parse, AffinityPolicy::summary)?;
+        Some(Affinity { policy, metrics: Metrics::define() })
+    }
+
+    fn on_request(&self, request: &mut AffinityRequest, cx: &mut Callback<'_>, _end_of_stream: bool) {
+        let (plan, decided) = self.policy.on_request(cx.headers, &mut cx.facts);
+        if decided.claim == (Claim::Open { forged_removed: true }) {
+            self.metrics.client_session_header_removed.increment();
+        }
+        match &decided.state {
+            CookieState::Valid { .. } if plan.route.is_some() => self.metrics.pinned.increment(),
+            CookieState::Invalid => self.metrics.invalid.increment(),
+            CookieState::Expired => self.metrics.expired.increment(),
+            _ => {}
+        }
+        *request = decided;
+        cx.apply(plan);
+    }
+
+    fn on_response(&self, request: &mut AffinityRequest, cx: &mut Callback<'_>) {
+        let (plan, outcome) = self.policy.on_response(request, cx.headers, &mut cx.facts);
+        if let Some(address) = outcome.unknown_upstream {
+            self.metrics.unknown_upstream.report(&address, "no cookie is set for it");
+        }
+        match outcome.set {
+            Some(SetReason::NewSession) => self.metrics.new_sessions.increment(),
+            Some(SetReason::Refresh) => self.metrics.refreshed.increment(),
+            Some(SetReason::Redispatch) => {
+                self.metrics.redispatched.increment();
+                debug!("affinity: session moved (its node did not serve)");
+            }
+            None => {}
+        }
+        cx.apply(plan);
+    }
+
+    fn session_header(&self) -> Option<&str> {
+        Some(self.policy.session_header().name())
+    }
+
+    /// The last routing filter by precedence: no routing filter after it reads the mark.
+    fn marks_route_for_later_vms(&self) -> bool {
+        false
+    }
+}

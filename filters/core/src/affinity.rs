@@ -8,10 +8,13 @@
 use crate::config::{parse_config, ConfigError};
 use crate::cookie::{self, CookieAttributes, SameSite};
 use crate::duration::HumanDuration;
+use crate::headers::HeaderMap;
 use crate::nodes::{Node, Nodes};
-use crate::routing::{session_value, SessionHeader};
+use crate::plan::{Facts, Plan};
+use crate::routing::{self, session_value, Claim, SessionHeader};
 use crate::token::{self, Claims, Key};
 use serde::Deserialize;
+use std::net::SocketAddr;
 
 pub const DEFAULT_COOKIE_NAME: &str = "SERVERID";
 
@@ -425,6 +428,109 @@ pub fn is_https(forwarded_proto: Option<&[u8]>, scheme: Option<&[u8]>) -> bool {
     match forwarded_proto {
         Some(v) => first(v),
         None => scheme.is_some_and(|s| s.eq_ignore_ascii_case(b"https")),
+    }
+}
+
+/// What the request side decided and the response side needs: the per-request memory of the
+/// affinity filter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AffinityRequest {
+    pub claim: Claim,
+    pub state: CookieState,
+    pub https: bool,
+}
+
+impl Default for AffinityRequest {
+    fn default() -> Self {
+        AffinityRequest { claim: Claim::Open { forged_removed: false }, state: CookieState::Absent, https: false }
+    }
+}
+
+/// What the response side decided besides its plan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ResponseOutcome {
+    /// Why a `Set-Cookie` went out, if one did.
+    pub set: Option<SetReason>,
+    /// The endpoint that served is not in the nodes table (no cookie can name it).
+    pub unknown_upstream: Option<SocketAddr>,
+}
+
+/// Routing name of this filter (`tether.routed_by`).
+pub const ROUTED_BY: &str = "affinity";
+
+impl AffinityPolicy {
+    /// The request: a genuine cookie names a node, the plan routes there; with `indirect`, the
+    /// cookie is removed before the backend sees it.
+    pub fn on_request(&self, headers: &HeaderMap, facts: &mut dyn Facts) -> (Plan, AffinityRequest) {
+        let mut plan = Plan::default();
+        let cookie_name = self.cookie.name.as_str();
+        let request_facts = self.request_facts(headers.iter());
+        let claim = routing::claim(headers, &self.session_header, facts, &mut plan);
+        let mut request = AffinityRequest { claim, https: request_facts.https, ..AffinityRequest::default() };
+        if claim != Claim::DecidedEarlier {
+            let state = self.read_cookie(request_facts.cookie.as_deref(), || facts.now_ms() / 1000);
+            if let CookieState::Valid { node, .. } = &state {
+                if let (Some(value), Some(target)) = (self.session_value(*node), self.nodes.iter().nth(*node)) {
+                    routing::route(&mut plan, &self.session_header, ROUTED_BY, target.address, value);
+                }
+            }
+            request.state = state;
+        }
+        // HAProxy "indirect": the backend never sees our cookie; other cookies pass intact
+        // (several Cookie lines become one, as HTTP/2 would send them).
+        if self.cookie.indirect {
+            if let Some(h) = request_facts.cookie.as_deref().filter(|h| cookie::contains(h, cookie_name)) {
+                match cookie::without(h, cookie_name) {
+                    Some(rest) => plan.set("cookie", rest),
+                    None => plan.remove("cookie"),
+                }
+            }
+        }
+        (plan, request)
+    }
+
+    /// The response: a new session gets a cookie for the endpoint that `served`; a session whose
+    /// node did not serve moves there (redispatch); last-seen is refreshed once per interval.
+    pub fn on_response(
+        &self,
+        request: &AffinityRequest,
+        headers: &HeaderMap,
+        facts: &mut dyn Facts,
+    ) -> (Plan, ResponseOutcome) {
+        let mut plan = Plan::default();
+        let mut outcome = ResponseOutcome::default();
+        // Envoy's stateful_session writes the endpoint back; internal addresses stay inside.
+        let header = self.session_header.name();
+        if routing::removes_echo(Some(request.claim), headers.contains(header)) {
+            plan.remove(header);
+        }
+        if request.claim == Claim::DecidedEarlier {
+            return (plan, outcome); // e.g. a pinned /git/ request must not move the session
+        }
+        let Some(address) = facts.served() else { return (plan, outcome) }; // a local reply
+        let Some(node) = self.nodes.by_address(&address) else {
+            outcome.unknown_upstream = Some(address);
+            return (plan, outcome);
+        };
+        let Some((reason, set_cookie)) =
+            self.set_cookie(&request.state, Some(node), facts.now_ms() / 1000, request.https)
+        else {
+            return (plan, outcome);
+        };
+        if self.cookie.preserve {
+            let name = self.cookie.name.as_bytes();
+            if headers.all("set-cookie").any(|v| cookie::set_cookie_name(v) == name) {
+                return (plan, outcome); // "preserve": the application's own cookie wins
+            }
+        }
+        plan.add("set-cookie", set_cookie);
+        if self.cookie.nocache {
+            if let Some(cc) = cookie::private_cache_control(headers.get("cache-control")) {
+                plan.set("cache-control", cc);
+            }
+        }
+        outcome.set = Some(reason);
+        (plan, outcome)
     }
 }
 

@@ -7,6 +7,8 @@
 //!    that lies); the chunk that would cross the limit is refused and never forwarded.
 
 use crate::config::{parse_config, ConfigError};
+use crate::headers::HeaderMap;
+use crate::plan::{LocalReply, Plan};
 use crate::request_match::{check_reachable, path_without_query, RequestMatch};
 use crate::size::ByteSize;
 use serde::de::{self, Deserializer};
@@ -233,6 +235,72 @@ pub fn rejection(limit: u64) -> Rejection {
             "{{\"error\":\"payload_too_large\",\"message\":\"request body exceeds the limit of {}\",\"limit_bytes\":{limit}}}\n",
             ByteSize(limit)
         ),
+    }
+}
+
+/// What the body limit knows of one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct BodyLimitRequest {
+    /// Counting streamed bytes against the limit.
+    pub counter: Option<BodyCounter>,
+    /// Refused: why, and the limit.
+    pub rejected: Option<(Reason, u64)>,
+    /// `Content-Length` was present but not a number.
+    pub invalid_length: bool,
+}
+
+impl Rejection {
+    fn reply(self) -> LocalReply {
+        LocalReply {
+            status: self.status,
+            headers: self.headers.iter().map(|(k, v)| (*k, (*v).to_string())).collect(),
+            body: self.body.into_bytes(),
+        }
+    }
+}
+
+impl BodyLimitPolicy {
+    /// The request headers: a declared length over the limit is refused now; otherwise bytes
+    /// are counted as they stream.
+    pub fn on_request(&self, headers: &HeaderMap, end_of_stream: bool) -> (Plan, BodyLimitRequest) {
+        let mut plan = Plan::default();
+        let mut request = BodyLimitRequest::default();
+        if end_of_stream {
+            return (plan, request); // no body follows
+        }
+        let method = if self.needs_method() { headers.get(":method").unwrap_or_default() } else { b"" };
+        let path = if self.needs_path() { headers.get(":path").unwrap_or_default() } else { b"" };
+        let limit = self.limit_for(method, path);
+        let declared = match limit {
+            Limit::Unlimited => DeclaredLength::Absent,
+            Limit::Bytes(_) => parse_content_length(headers.get("content-length")),
+        };
+        request.invalid_length = declared == DeclaredLength::Invalid;
+        match check_headers(limit, declared) {
+            HeadersVerdict::Pass => {}
+            HeadersVerdict::Reject { limit } => {
+                plan.reply(rejection(limit).reply());
+                request.rejected = Some((Reason::DeclaredTooLarge, limit));
+            }
+            HeadersVerdict::Count(counter) => request.counter = Some(counter),
+        }
+        (plan, request)
+    }
+
+    /// A chunk of `chunk_len` body bytes: the chunk that would cross the limit is refused (the
+    /// plan's reply; the adapter keeps it from the upstream).
+    pub fn on_body(&self, request: &mut BodyLimitRequest, chunk_len: usize) -> Plan {
+        let mut plan = Plan::default();
+        if request.rejected.is_some() {
+            return plan;
+        }
+        if let Some(counter) = request.counter.as_mut() {
+            if !counter.admit(chunk_len) {
+                plan.reply(rejection(counter.limit()).reply());
+                request.rejected = Some((Reason::StreamedTooLarge, counter.limit()));
+            }
+        }
+        plan
     }
 }
 

@@ -11,7 +11,9 @@
 
 use crate::config::{parse_config, ConfigError};
 use crate::duration::HumanDuration;
+use crate::headers::HeaderMap;
 use crate::nodes::Nodes;
+use crate::plan::{Facts, LocalReply, Plan};
 use crate::request_match::{path_without_query, RequestMatch};
 use ipnet::IpNet;
 use serde::Deserialize;
@@ -389,6 +391,131 @@ pub fn redirect_status(method: &[u8]) -> u32 {
         301
     } else {
         308
+    }
+}
+
+/// Headers a client could forge; from an untrusted peer they never pass as sent, and count in
+/// `forged_discarded`. Not `x-forwarded-proto`: Envoy (`use_remote_address: true`, required)
+/// rewrites it from the connection before any filter runs, so it is always Envoy's own here;
+/// counting it made every request look forged.
+pub const FORWARDING_HEADERS: [&str; 5] =
+    ["x-forwarded-for", "x-real-ip", "x-forwarded-host", "x-forwarded-port", "forwarded"];
+
+/// What the request callback decided besides its plan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RequestOutcome {
+    /// The request's effective scheme is https: HSTS goes on its response.
+    pub https: bool,
+    /// An untrusted peer sent forwarding headers; they were discarded.
+    pub forged: bool,
+    /// Plain http, answered with a redirect to https.
+    pub redirected: bool,
+    /// The peer address was unreadable: nothing was decided (and nothing written).
+    pub no_peer: bool,
+}
+
+/// The peer as the host writes `source.address`: `ip:port`, or a bare IP (nginx).
+pub fn parse_peer(raw: &[u8]) -> Option<IpAddr> {
+    let text = std::str::from_utf8(raw).ok()?;
+    text.parse::<SocketAddr>().map(|a| a.ip()).ok().or_else(|| text.parse::<IpAddr>().ok())
+}
+
+fn text(v: Option<&[u8]>) -> Option<&str> {
+    v.and_then(|v| std::str::from_utf8(v).ok())
+}
+
+impl ForwardedPolicy {
+    /// The request: who the client is and over which scheme it came, written for the backend;
+    /// or, for plain http under `redirect`, the redirect.
+    pub fn on_request(&self, headers: &HeaderMap, facts: &mut dyn Facts) -> (Plan, RequestOutcome) {
+        let mut plan = Plan::default();
+        let mut outcome = RequestOutcome::default();
+        let Some(peer) = facts.source_address().as_deref().and_then(parse_peer) else {
+            outcome.no_peer = true; // not an IP peer (e.g. a pipe): nothing to tell
+            return (plan, outcome);
+        };
+        // The connection's TLS only matters when the proto is not forced (one host call saved).
+        let tls = matches!(self.proto, ProtoMode::Auto) && facts.tls();
+        let trusted = self.peer_trusted(&peer);
+        outcome.forged = !trusted && FORWARDING_HEADERS.iter().any(|h| headers.contains(h));
+        let xff_lines: Vec<&[u8]> = headers.all("x-forwarded-for").collect();
+        // From a trusted peer its chain counts; an unreadable chain is nobody's word.
+        let chain: Vec<IpAddr> = if trusted { parse_xff(&xff_lines).unwrap_or_default() } else { Vec::new() };
+        let client = self.client(&chain, peer);
+        let trusted_proto = if trusted { headers.get("x-forwarded-proto") } else { None };
+        let proto = self.effective_proto(trusted_proto, tls);
+        outcome.https = proto == "https";
+        let path = text(headers.get(":path")).unwrap_or("/");
+        let authority = text(headers.get(":authority")).unwrap_or_default();
+        if !outcome.https && self.redirects(path.as_bytes()) {
+            if let Some(r) = &self.redirect {
+                let status = redirect_status(headers.get(":method").unwrap_or_default());
+                let location = redirect_location(authority, path, r.port);
+                plan.reply(LocalReply { status, headers: vec![("location", location)], body: Vec::new() });
+                outcome.redirected = true;
+                return (plan, outcome);
+            }
+        }
+        // X-Forwarded-For (HAProxy "option forwardfor", nginx $proxy_add_x_forwarded_for).
+        if let Some(xff) = self.xff_value(&chain, peer, client) {
+            plan.set("x-forwarded-for", xff);
+        }
+        if self.real_ip {
+            plan.set("x-real-ip", client.to_string());
+        } else if !trusted && headers.contains("x-real-ip") {
+            plan.remove("x-real-ip");
+        }
+        plan.set("x-forwarded-proto", proto);
+        let keep = |name: &str| trusted && headers.contains(name);
+        if self.forwarded_host {
+            if !keep("x-forwarded-host") && !authority.is_empty() {
+                plan.set("x-forwarded-host", authority);
+            }
+        } else if !trusted && headers.contains("x-forwarded-host") {
+            plan.remove("x-forwarded-host");
+        }
+        if self.forwarded_port {
+            if !keep("x-forwarded-port") {
+                if let Some(port) = facts.destination_port() {
+                    plan.set("x-forwarded-port", port.to_string());
+                }
+            }
+        } else if !trusted && headers.contains("x-forwarded-port") {
+            plan.remove("x-forwarded-port");
+        }
+        if self.forwarded {
+            let element = forwarded_element(peer, proto, (!authority.is_empty()).then_some(authority));
+            let value = match text(headers.get("forwarded")).filter(|_| trusted) {
+                Some(existing) => format!("{existing}, {element}"),
+                None => element,
+            };
+            plan.set("forwarded", value);
+        } else if !trusted && headers.contains("forwarded") {
+            plan.remove("forwarded");
+        }
+        (plan, outcome)
+    }
+
+    /// The response: HSTS (over https only) and `X-Served-By` for the endpoint that `served`.
+    /// The second value is a served endpoint missing from `served_by`'s table, to report.
+    pub fn on_response(&self, https: bool, headers: &HeaderMap, facts: &mut dyn Facts) -> (Plan, Option<SocketAddr>) {
+        let mut plan = Plan::default();
+        if let (true, Some(hsts)) = (https, &self.hsts) {
+            // HSTS only over https: browsers ignore it over http, and it must not be claimed there.
+            if hsts.override_upstream || !headers.contains("strict-transport-security") {
+                plan.set("strict-transport-security", hsts.value.as_str());
+            }
+        }
+        let mut unknown = None;
+        if let Some(served_by) = &self.served_by {
+            if let Some(address) = facts.served() {
+                match served_by.nodes.by_address(&address) {
+                    Some(node) => plan.add(&served_by.header, node.name.as_str()),
+                    None => unknown = Some(address),
+                }
+            }
+        }
+        (plan, unknown)
     }
 }
 

@@ -2,8 +2,10 @@
 //!
 //! Nothing here depends on proxy-wasm, so all of it is unit-tested natively, and the parts
 //! where integer width matters (sizes, durations) also run on wasm32 through wasm-bindgen-test.
-//! The filter crates are thin adapters: they read what a callback offers, call one function
-//! here and apply the answer.
+//! A policy takes a read-only view of the request or response ([`headers::HeaderMap`] and the
+//! lazily asked [`plan::Facts`]) and returns a [`plan::Plan`]: header edits, a local reply, the
+//! routing target. The filter crates are thin: tether-glue reads what a callback offers, calls
+//! one function here and applies the plan with the fewest host calls.
 
 pub mod affinity;
 pub mod body_limit;
@@ -14,8 +16,10 @@ pub mod duration;
 pub mod fixtures;
 pub mod forwarded;
 pub mod hash;
+pub mod headers;
 pub mod nodes;
 pub mod path_pin;
+pub mod plan;
 mod protobuf_struct;
 pub mod request_match;
 pub mod routing;

@@ -2,9 +2,11 @@
 //! say (HAProxy `use-server server-pro-ha-1 if { path_beg /git/ }`).
 
 use crate::config::{parse_config, ConfigError};
+use crate::headers::HeaderMap;
 use crate::nodes::{check_node_name, Nodes};
+use crate::plan::{Facts, Plan};
 use crate::request_match::{check_reachable, path_without_query, RequestMatch};
-use crate::routing::{session_value, SessionHeader};
+use crate::routing::{self, session_value, Claim, SessionHeader};
 use serde::Deserialize;
 use std::net::SocketAddr;
 
@@ -131,6 +133,65 @@ impl PathPinPolicy {
             self.nodes.len(),
             self.session_header.name()
         )
+    }
+}
+
+/// Routing name of this filter (`tether.routed_by`).
+pub const ROUTED_BY: &str = "path-pin";
+
+/// What the request side decided and the response side needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PathPinRequest {
+    pub claim: Claim,
+    /// The index of the rule that pinned the request.
+    pub pinned_rule: Option<usize>,
+}
+
+impl Default for PathPinRequest {
+    fn default() -> Self {
+        PathPinRequest { claim: Claim::Open { forged_removed: false }, pinned_rule: None }
+    }
+}
+
+impl PathPinPolicy {
+    /// The request: the first matching rule pins it to its node.
+    pub fn on_request(&self, headers: &HeaderMap, facts: &mut dyn Facts) -> (Plan, PathPinRequest) {
+        let mut plan = Plan::default();
+        let claim = routing::claim(headers, &self.session_header, facts, &mut plan);
+        let mut request = PathPinRequest { claim, pinned_rule: None };
+        if claim == Claim::DecidedEarlier {
+            return (plan, request); // the session header belongs to the filter that decided
+        }
+        let method = if self.needs_method { headers.get(":method").unwrap_or_default() } else { b"" };
+        if let Some((index, rule)) = self.pin_for(method, headers.get(":path").unwrap_or_default()) {
+            routing::route(&mut plan, &self.session_header, ROUTED_BY, rule.address, &rule.session_value);
+            request.pinned_rule = Some(index);
+        }
+        (plan, request)
+    }
+
+    /// The response: whether the pinned node did not serve (it was unavailable), with the rule
+    /// and the name of the node that did (`None`: an endpoint outside the nodes table).
+    pub fn on_response(
+        &self,
+        request: &PathPinRequest,
+        headers: &HeaderMap,
+        facts: &mut dyn Facts,
+    ) -> (Plan, Option<(&PinRule, Option<&str>)>) {
+        let mut plan = Plan::default();
+        // Envoy's stateful_session writes the chosen endpoint back; internal addresses stay inside.
+        let header = self.session_header.name();
+        if routing::removes_echo(Some(request.claim), headers.contains(header)) {
+            plan.remove(header);
+        }
+        let Some(rule) = request.pinned_rule.and_then(|i| self.rules.get(i)) else { return (plan, None) };
+        match facts.served() {
+            Some(other) if other != rule.address => {
+                let name = self.nodes.by_address(&other).map(|n| n.name.as_str());
+                (plan, Some((rule, name)))
+            }
+            _ => (plan, None),
+        }
     }
 }
 

@@ -13,6 +13,9 @@ use serde::de::{self, Deserializer};
 use serde::Deserialize;
 use std::net::SocketAddr;
 
+use crate::headers::HeaderMap;
+use crate::plan::{Facts, Plan, Route};
+
 pub const DEFAULT_SESSION_HEADER: &str = "x-tether-session";
 
 /// The per-request property the deciding filter sets (value: the filter's name).
@@ -107,6 +110,66 @@ pub fn served(chosen: &SocketAddr, upstream_address: Option<&[u8]>) -> Served {
         Some(a) => Served::ByOther(a),
         None => Served::Unknown,
     }
+}
+
+/// How a routing filter finds a request, before it decides anything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// A routing filter earlier in the chain decided: the session header is its, leave it be.
+    DecidedEarlier,
+    /// Nobody decided yet. `forged_removed`: the client sent a session header to steer the
+    /// request; the plan removes it (never honoured).
+    Open { forged_removed: bool },
+}
+
+/// The request side of the routing contract, run first by every routing filter. A filter that
+/// decides always writes the session header, so without one on the request nobody decided and
+/// `tether.routed_by` need not be asked (the common case costs no host call); with one, only
+/// the mark tells a decision from a forgery.
+pub fn claim(headers: &HeaderMap, header: &SessionHeader, facts: &mut dyn Facts, plan: &mut Plan) -> Claim {
+    if !headers.contains(header.name()) {
+        return Claim::Open { forged_removed: false };
+    }
+    if decided_earlier(facts.routed_by().as_deref()) {
+        return Claim::DecidedEarlier;
+    }
+    plan.remove(header.name());
+    Claim::Open { forged_removed: true }
+}
+
+/// Sends the request to `address` (its session value precomputed): the session header for
+/// Envoy's `stateful_session`, and the route for the adapter (which marks the request).
+pub fn route(plan: &mut Plan, header: &SessionHeader, by: &'static str, address: SocketAddr, value: &str) {
+    plan.set(header.name(), value);
+    plan.route = Some(Route { by, address });
+}
+
+/// The response side: the endpoint that served. Envoy's `stateful_session` (header mode) writes
+/// `base64(address)` into the response's session header when the load balancer chose another
+/// endpoint than the request's header named, and nothing when the named one served. So: the
+/// header if present, else the endpoint this stream was pinned to, else (no pin, or no
+/// `stateful_session` on this route) the `upstream.address` property.
+pub fn served_address(
+    echo: Option<&[u8]>,
+    pinned: Option<SocketAddr>,
+    upstream_address: impl FnOnce() -> Option<Vec<u8>>,
+) -> Option<SocketAddr> {
+    let echoed =
+        echo.and_then(|v| base64::engine::general_purpose::STANDARD.decode(v).ok()).and_then(|raw| parse_address(&raw));
+    echoed.or(pinned).or_else(|| upstream_address().as_deref().and_then(parse_address))
+}
+
+/// An `ip:port` as Envoy writes it (`upstream.address`, the session header's decoded value).
+pub fn parse_address(raw: &[u8]) -> Option<SocketAddr> {
+    std::str::from_utf8(raw).ok()?.parse().ok()
+}
+
+/// Whether a routing filter removes the session header Envoy wrote into the response (so that
+/// internal addresses never reach clients): unless another filter decided, which, being
+/// earlier in the chain, sees the response later and removes it itself (a filter later in the
+/// chain that removed it first would hide from the decider which endpoint served).
+pub fn removes_echo(claim: Option<Claim>, echo_present: bool) -> bool {
+    echo_present && claim != Some(Claim::DecidedEarlier)
 }
 
 #[cfg(test)]

@@ -4,10 +4,13 @@
 use crate::config::{parse_config, ConfigError};
 use crate::duration::HumanDuration;
 use crate::hash::{alternative_hash, key_hash, Maglev};
+use crate::headers::HeaderMap;
 use crate::nodes::Nodes;
+use crate::plan::{Facts, Plan};
 use crate::request_match::RequestMatch;
-use crate::routing::{session_value, SessionHeader};
+use crate::routing::{self, session_value, Claim, SessionHeader};
 use serde::Deserialize;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 /// How the hash key is cut from the request target, as HAProxy's `balance uri` defines it.
@@ -236,6 +239,104 @@ impl DownList {
 
     pub fn encode(&self) -> String {
         self.entries.iter().map(|(n, u)| format!("{n}={u}")).collect::<Vec<_>>().join(";")
+    }
+}
+
+/// Shared-data key for the nodes seen down (per VM id, so per uri-hash configuration).
+pub const DOWN_KEY: &str = "tether.uri_hash.down";
+
+/// Routing name of this filter (`tether.routed_by`).
+pub const ROUTED_BY: &str = "uri-hash";
+
+/// What the request side decided and the response side needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UriHashRequest {
+    pub claim: Claim,
+    /// The node chosen for a hashed request.
+    pub choice: Option<Choice>,
+}
+
+impl Default for UriHashRequest {
+    fn default() -> Self {
+        UriHashRequest { claim: Claim::Open { forged_removed: false }, choice: None }
+    }
+}
+
+/// What the response side found.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum UriHashResponse {
+    #[default]
+    Nothing,
+    /// The chosen node did not serve (`served`): it is recorded down for the cooldown (`recorded`
+    /// false: shared data stayed contended).
+    Failover { chosen: String, served: String, recorded: bool },
+    /// The endpoint that served is not in the nodes table.
+    UnknownUpstream(SocketAddr),
+}
+
+impl UriHashPolicy {
+    /// The request: a path under one of the prefixes goes to its key's node, or while that
+    /// node is seen down, to the key's consistent alternative.
+    pub fn on_request(&self, headers: &HeaderMap, facts: &mut dyn Facts) -> (Plan, UriHashRequest) {
+        let mut plan = Plan::default();
+        let claim = routing::claim(headers, &self.session_header, facts, &mut plan);
+        let mut request = UriHashRequest { claim, choice: None };
+        if claim == Claim::DecidedEarlier {
+            return (plan, request);
+        }
+        let Some(key) = self.key_for(headers.get(":path").unwrap_or_default()) else {
+            return (plan, request); // not ours: untouched
+        };
+        let now = facts.now_ms();
+        let down = DownList::parse(facts.shared_data(DOWN_KEY).0.as_deref());
+        let Some(choice) = self.choose(key, |n| down.is_down(n, now)) else { return (plan, request) };
+        if let (Some(value), Some(node)) = (self.session_value(choice.node), self.nodes.iter().nth(choice.node)) {
+            routing::route(&mut plan, &self.session_header, ROUTED_BY, node.address, value);
+            request.choice = Some(choice);
+        }
+        (plan, request)
+    }
+
+    /// The response: when the chosen node did not serve (Envoy fell back: it is unavailable),
+    /// remember it, so the key's next requests go to one consistent alternative instead of
+    /// wherever the load balancer sends them.
+    pub fn on_response(
+        &self,
+        request: &UriHashRequest,
+        headers: &HeaderMap,
+        facts: &mut dyn Facts,
+    ) -> (Plan, UriHashResponse) {
+        let mut plan = Plan::default();
+        let header = self.session_header.name();
+        if routing::removes_echo(Some(request.claim), headers.contains(header)) {
+            plan.remove(header);
+        }
+        let Some(choice) = request.choice else { return (plan, UriHashResponse::Nothing) };
+        let Some(address) = facts.served() else { return (plan, UriHashResponse::Nothing) }; // a local reply
+        let Some(served) = self.nodes.by_address(&address) else {
+            return (plan, UriHashResponse::UnknownUpstream(address));
+        };
+        let Some(chosen) = self.node_name(choice.node) else { return (plan, UriHashResponse::Nothing) };
+        if served.name == chosen {
+            return (plan, UriHashResponse::Nothing);
+        }
+        let recorded = self.mark_down(chosen, facts);
+        (plan, UriHashResponse::Failover { chosen: chosen.to_string(), served: served.name.clone(), recorded })
+    }
+
+    /// Records `node` as down for the cooldown; a few tries in case another worker writes at
+    /// the same moment (compare-and-swap).
+    fn mark_down(&self, node: &str, facts: &mut dyn Facts) -> bool {
+        let now = facts.now_ms();
+        let until = now.saturating_add(self.cooldown_ms);
+        for _ in 0..4 {
+            let (raw, cas) = facts.shared_data(DOWN_KEY);
+            let list = DownList::parse(raw.as_deref()).with(node, until, now);
+            if facts.set_shared_data(DOWN_KEY, list.encode().as_bytes(), cas) {
+                return true;
+            }
+        }
+        false
     }
 }
 

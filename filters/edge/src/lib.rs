@@ -1,45 +1,31 @@
-//! tether-edge: Tether's five filters in one proxy-wasm module, so a request enters one VM per
-//! callback instead of five. Envoy charges every Wasm filter a fixed cost per request (context
-//! creation and one VM entry per callback; +33 µs for an empty filter in `scripts/bench`), which
-//! dominates what the filters themselves do.
+//! tether-edge: Tether's five filters in one proxy-wasm module and one VM. Envoy charges every
+//! Wasm filter a fixed cost per request (context creation and one VM entry per callback), and
+//! each filter of its own reads and writes the header maps itself; here the five run over one
+//! read of each map and their edits go back in one write.
 //!
-//! Glue only: each section of the configuration is handed to that filter's own root
-//! (`from_config`, the same source as the filter's own module), and each callback runs the filters' own request contexts in chain order
-//! (forwarded, body-limit, path-pin, uri-hash, affinity) and the response callbacks in reverse,
-//! as Envoy runs separate filters. A filter that answers locally (a redirect, a 413) ends the
-//! request callbacks there, as its `Pause` ends Envoy's chain; only filters that saw the request
-//! see its response. Metrics, logs and behaviour are the filters' own.
+//! [`Edge`] is a filter made of the five filter libraries: each section of the configuration
+//! is handed to that filter's own `from_config`; each request callback runs them in chain order
+//! (forwarded, body-limit, path-pin, uri-hash, affinity) over the same view, each seeing the
+//! edits of those before it, and the response callback in reverse, as Envoy runs separate
+//! filters. A filter that answers locally (a redirect, a 413) ends the request callback there,
+//! as its `Pause` ends Envoy's chain; only filters that saw the request see its response.
+//! Metrics, logs and behaviour are the filters' own.
 
-use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, LogLevel};
 use serde::Deserialize;
 use serde_json::Value;
+use tether_affinity::Affinity;
+use tether_body_limit::BodyLimit;
+use tether_core::affinity::AffinityRequest;
+use tether_core::body_limit::BodyLimitRequest;
 use tether_core::config::parse_config;
-use tether_glue::{configure, configure_root, forget_request_headers, share_stream_facts};
+use tether_core::path_pin::PathPinRequest;
+use tether_core::uri_hash::UriHashRequest;
+use tether_forwarded::{Forwarded, ForwardedRequest};
+use tether_glue::{configure, Callback, Filter};
+use tether_path_pin::PathPin;
+use tether_uri_hash::UriHash;
 
-// The filters' own contexts, compiled into this module from their crates' sources. (Depending on
-// the filter crates instead would link their entry points too: one `_initialize` each.)
-#[path = "../../affinity/src/context.rs"]
-mod affinity;
-#[path = "../../body-limit/src/context.rs"]
-mod body_limit;
-#[path = "../../forwarded/src/context.rs"]
-mod forwarded;
-#[path = "../../path-pin/src/context.rs"]
-mod path_pin;
-#[path = "../../uri-hash/src/context.rs"]
-mod uri_hash;
-
-use affinity::AffinityRoot;
-use body_limit::BodyLimitRoot;
-use forwarded::ForwardedRoot;
-use path_pin::PathPinRoot;
-use uri_hash::UriHashRoot;
-
-proxy_wasm::main! {{
-    proxy_wasm::set_log_level(LogLevel::Trace);
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(EdgeRoot::default()) });
-}}
+tether_glue::module!(Edge);
 
 /// One section per filter, each that filter's own configuration; absent sections are off.
 #[derive(Deserialize)]
@@ -52,126 +38,144 @@ struct EdgeConfig {
     affinity: Option<Value>,
 }
 
+/// The configured filters, in chain order.
+pub struct Edge {
+    forwarded: Option<Forwarded>,
+    body_limit: Option<BodyLimit>,
+    path_pin: Option<PathPin>,
+    uri_hash: Option<UriHash>,
+    affinity: Option<Affinity>,
+}
+
+/// Each filter's memory of one request, and how far the request got.
 #[derive(Default)]
-struct EdgeRoot {
-    /// The configured filters, in chain order.
-    parts: Vec<Box<dyn RootContext>>,
-}
-
-impl EdgeRoot {
-    fn from_config(json: &[u8]) -> Option<EdgeRoot> {
-        let root = configure("edge", json, EdgeRoot::build, |r| format!("{} filter(s) in one VM", r.parts.len()))?;
-        // The parts run in this one VM: let them share what they learn of a stream.
-        share_stream_facts();
-        Some(root)
-    }
-
-    /// Each present section handed to its filter's own root, in chain order.
-    fn build(json: &[u8]) -> Result<EdgeRoot, String> {
-        let config: EdgeConfig = parse_config(json).map_err(|e| e.to_string())?;
-        let sections: [(&str, Option<Value>, BuildRoot); 5] = [
-            ("forwarded", config.forwarded, |j| ForwardedRoot::from_config(j).map(boxed)),
-            ("body_limit", config.body_limit, |j| BodyLimitRoot::from_config(j).map(boxed)),
-            ("path_pin", config.path_pin, |j| PathPinRoot::from_config(j).map(boxed)),
-            ("uri_hash", config.uri_hash, |j| UriHashRoot::from_config(j).map(boxed)),
-            ("affinity", config.affinity, |j| AffinityRoot::from_config(j).map(boxed)),
-        ];
-        let mut parts = Vec::new();
-        for (name, section, build) in sections {
-            let Some(section) = section else { continue };
-            let json = serde_json::to_vec(&section).map_err(|e| e.to_string())?;
-            // The filter's own line already said why.
-            parts.push(build(&json).ok_or_else(|| format!("section {name:?} refused (see the line above)"))?);
-        }
-        if parts.is_empty() {
-            return Err("no section; expected some of forwarded, body_limit, path_pin, uri_hash, affinity".into());
-        }
-        Ok(EdgeRoot { parts })
-    }
-}
-
-/// A filter's `from_config`, boxed: `None` when the section is refused.
-type BuildRoot = fn(&[u8]) -> Option<Box<dyn RootContext>>;
-
-fn boxed<R: RootContext + 'static>(root: R) -> Box<dyn RootContext> {
-    Box::new(root)
-}
-
-impl Context for EdgeRoot {}
-
-impl RootContext for EdgeRoot {
-    fn on_configure(&mut self, _size: usize) -> bool {
-        configure_root(self, Self::from_config)
-    }
-
-    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
-        let parts = self.parts.iter().map(|p| p.create_http_context(context_id)).collect::<Option<Vec<_>>>()?;
-        Some(Box::new(EdgeRequest { parts, context_id, reached: 0 }))
-    }
-
-    fn get_type(&self) -> Option<ContextType> {
-        Some(ContextType::HttpContext)
-    }
-}
-
-struct EdgeRequest {
-    parts: Vec<Box<dyn HttpContext>>,
-    context_id: u32,
-    /// How many filters have seen the request headers: the others never see this request.
+pub struct EdgeRequest {
+    forwarded: ForwardedRequest,
+    body_limit: BodyLimitRequest,
+    path_pin: PathPinRequest,
+    uri_hash: UriHashRequest,
+    affinity: AffinityRequest,
+    /// How many positions of the chain saw the request headers (the others never see this
+    /// request, as after a `Pause` in Envoy's chain).
     reached: usize,
 }
 
-impl EdgeRequest {
-    /// Runs `call` on the filters that saw the request, in chain order, until one does not
-    /// continue (it answered locally, or waits).
-    fn forward(&mut self, mut call: impl FnMut(&mut dyn HttpContext) -> Action) -> Action {
-        for part in self.parts.iter_mut().take(self.reached) {
-            match call(part.as_mut()) {
-                Action::Continue => {}
-                other => return other,
-            }
+/// A section handed to its filter: `None` after the filter's own line said why.
+fn section<F: Filter>(name: &str, value: Option<Value>) -> Result<Option<F>, String> {
+    let Some(value) = value else { return Ok(None) };
+    let json = serde_json::to_vec(&value).map_err(|e| e.to_string())?;
+    F::from_config(&json).map(Some).ok_or_else(|| format!("section {name:?} refused (see the line above)"))
+}
+
+impl Edge {
+    fn build(json: &[u8]) -> Result<Edge, String> {
+        let config: EdgeConfig = parse_config(json).map_err(|e| e.to_string())?;
+        let edge = Edge {
+            forwarded: section("forwarded", config.forwarded)?,
+            body_limit: section("body_limit", config.body_limit)?,
+            path_pin: section("path_pin", config.path_pin)?,
+            uri_hash: section("uri_hash", config.uri_hash)?,
+            affinity: section("affinity", config.affinity)?,
+        };
+        if edge.parts() == 0 {
+            return Err("no section; expected some of forwarded, body_limit, path_pin, uri_hash, affinity".into());
         }
-        Action::Continue
+        // The routing contract has one session header for the whole chain: Envoy's
+        // stateful_session follows one name.
+        let headers: Vec<&str> = edge.routing_session_headers().collect();
+        if let Some(other) = headers.iter().find(|h| Some(*h) != headers.first()) {
+            return Err(format!(
+                "the routing sections name different session headers ({:?} and {other:?}); use one name, the one Envoy's stateful_session reads",
+                headers.first().copied().unwrap_or_default()
+            ));
+        }
+        Ok(edge)
     }
 
-    /// The same, in reverse order (the response path).
-    fn backward(&mut self, mut call: impl FnMut(&mut dyn HttpContext) -> Action) -> Action {
-        for part in self.parts.iter_mut().take(self.reached).rev() {
-            match call(part.as_mut()) {
-                Action::Continue => {}
-                other => return other,
-            }
-        }
-        Action::Continue
+    fn parts(&self) -> usize {
+        usize::from(self.forwarded.is_some())
+            + usize::from(self.body_limit.is_some())
+            + usize::from(self.path_pin.is_some())
+            + usize::from(self.uri_hash.is_some())
+            + usize::from(self.affinity.is_some())
+    }
+
+    fn routing_session_headers(&self) -> impl Iterator<Item = &str> {
+        let path_pin = self.path_pin.as_ref().and_then(|f| f.session_header());
+        let uri_hash = self.uri_hash.as_ref().and_then(|f| f.session_header());
+        let affinity = self.affinity.as_ref().and_then(|f| f.session_header());
+        [path_pin, uri_hash, affinity].into_iter().flatten()
     }
 }
 
-impl Context for EdgeRequest {}
-
-// Only the callbacks some filter implements: `scripts/build` removes the other exports, so Envoy
-// never enters the VM for them (the list is in Cargo.toml; a test keeps it equal to the union of
-// the filters' lists).
-impl HttpContext for EdgeRequest {
-    fn on_http_request_headers(&mut self, num_headers: usize, end_of_stream: bool) -> Action {
-        let mut action = Action::Continue;
-        for (i, part) in self.parts.iter_mut().enumerate() {
-            self.reached = i + 1;
-            action = part.on_http_request_headers(num_headers, end_of_stream);
-            if action != Action::Continue {
-                break;
+/// Runs `$call` on chain position `$at`'s filter if configured, unless an earlier one replied.
+macro_rules! step {
+    ($self:ident, $request:ident, $cx:ident, $at:expr, $part:ident, |$f:ident, $r:ident| $call:expr) => {
+        if $cx.reply.is_none() {
+            $request.reached = $at + 1;
+            if let Some($f) = &$self.$part {
+                let $r = &mut $request.$part;
+                $call;
             }
         }
-        // The parts shared the request headers for this callback only: Envoy's later filters may
-        // change them before the next one.
-        forget_request_headers(self.context_id);
-        action
+    };
+}
+
+impl Filter for Edge {
+    type Request = EdgeRequest;
+
+    fn from_config(json: &[u8]) -> Option<Edge> {
+        configure("edge", json, Edge::build, |e| format!("{} filter(s) in one VM", e.parts()))
     }
 
-    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        self.forward(|p| p.on_http_request_body(body_size, end_of_stream))
+    fn reads_request_headers(&self, end_of_stream: bool) -> bool {
+        self.forwarded.is_some()
+            || self.path_pin.is_some()
+            || self.uri_hash.is_some()
+            || self.affinity.is_some()
+            || self.body_limit.as_ref().is_some_and(|f| f.reads_request_headers(end_of_stream))
     }
 
-    fn on_http_response_headers(&mut self, num_headers: usize, end_of_stream: bool) -> Action {
-        self.backward(|p| p.on_http_response_headers(num_headers, end_of_stream))
+    fn on_request(&self, request: &mut EdgeRequest, cx: &mut Callback<'_>, eos: bool) {
+        step!(self, request, cx, 0, forwarded, |f, r| f.on_request(r, cx, eos));
+        step!(self, request, cx, 1, body_limit, |f, r| f.on_request(r, cx, eos));
+        step!(self, request, cx, 2, path_pin, |f, r| f.on_request(r, cx, eos));
+        step!(self, request, cx, 3, uri_hash, |f, r| f.on_request(r, cx, eos));
+        step!(self, request, cx, 4, affinity, |f, r| f.on_request(r, cx, eos));
+    }
+
+    fn on_request_body(&self, request: &mut EdgeRequest, cx: &mut Callback<'_>, chunk_len: usize) {
+        // Only body-limit reads bodies.
+        if request.reached > 1 {
+            if let Some(f) = &self.body_limit {
+                f.on_request_body(&mut request.body_limit, cx, chunk_len);
+            }
+        }
+    }
+
+    fn on_response(&self, request: &mut EdgeRequest, cx: &mut Callback<'_>) {
+        let reached = request.reached;
+        if let (true, Some(f)) = (reached > 4, &self.affinity) {
+            f.on_response(&mut request.affinity, cx);
+        }
+        if let (true, Some(f)) = (reached > 3, &self.uri_hash) {
+            f.on_response(&mut request.uri_hash, cx);
+        }
+        if let (true, Some(f)) = (reached > 2, &self.path_pin) {
+            f.on_response(&mut request.path_pin, cx);
+        }
+        if let (true, Some(f)) = (reached > 0, &self.forwarded) {
+            f.on_response(&mut request.forwarded, cx);
+        }
+    }
+
+    fn session_header(&self) -> Option<&str> {
+        self.routing_session_headers().next()
+    }
+
+    /// Affinity is the last routing filter by precedence; without it here, a routing filter in
+    /// a later VM may follow.
+    fn marks_route_for_later_vms(&self) -> bool {
+        self.affinity.is_none()
     }
 }

@@ -1,18 +1,65 @@
-//! tether-forwarded: Envoy HTTP filter (proxy-wasm) that tells the backend who the client is
-//! and over which scheme it came, redirects plain http to https, and adds HSTS and
-//! X-Served-By on the way back.
+//! tether-forwarded: tells the backend who the client is and over which scheme it came,
+//! redirects plain http to https, and adds HSTS and X-Served-By on the way back.
 //!
-//! Host calls per request: the header map (one call), `source.address`,
-//! `connection.tls_version`, `destination.port`, then one call per header written (XFF,
-//! X-Real-IP, X-Forwarded-Proto/-Host/-Port, Forwarded) and one per forged header removed.
+//! A library: [`Forwarded`] is the filter (tether-glue runs it; `module/` is its Wasm module,
+//! tether-edge runs it with the others). Every decision is `tether_core::forwarded`'s.
+//!
+//! Host calls per request: the request headers (one read, one write of every change), the
+//! peer's address, the connection's TLS only with `proto: "auto"`, the listener's port only
+//! with `forwarded_port`; on the response the headers (one read, one write) and, with
+//! `served_by` in a VM of its own, `upstream.address`.
 
-mod context;
+use tether_core::forwarded::ForwardedPolicy;
+use tether_glue::{configure, Callback, Counter, Filter, UnknownUpstream};
 
-use proxy_wasm::traits::RootContext;
+struct Metrics {
+    forged_discarded: Counter,
+    redirects: Counter,
+    unknown_upstream: UnknownUpstream,
+}
 
-pub use context::ForwardedRoot;
+pub struct Forwarded {
+    policy: ForwardedPolicy,
+    metrics: Metrics,
+}
 
-proxy_wasm::main! {{
-    proxy_wasm::set_log_level(proxy_wasm::types::LogLevel::Trace);
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(ForwardedRoot::default()) });
-}}
+/// What the response side needs of the request.
+#[derive(Default)]
+pub struct ForwardedRequest {
+    /// The request's effective scheme is https: HSTS goes on its response.
+    https: bool,
+}
+
+impl Filter for Forwarded {
+    type Request = ForwardedRequest;
+
+    fn from_config(json: &[u8]) -> Option<Forwarded> {
+        let policy = configure("forwarded", json, ForwardedPolicy::from_json, ForwardedPolicy::summary)?;
+        let metrics = Metrics {
+            forged_discarded: Counter::define("tether_forwarded.forged_discarded"),
+            redirects: Counter::define("tether_forwarded.redirects"),
+            unknown_upstream: UnknownUpstream::define("tether_forwarded"),
+        };
+        Some(Forwarded { policy, metrics })
+    }
+
+    fn on_request(&self, request: &mut ForwardedRequest, cx: &mut Callback<'_>, _end_of_stream: bool) {
+        let (plan, outcome) = self.policy.on_request(cx.headers, &mut cx.facts);
+        if outcome.forged {
+            self.metrics.forged_discarded.increment();
+        }
+        if outcome.redirected {
+            self.metrics.redirects.increment();
+        }
+        request.https = outcome.https;
+        cx.apply(plan);
+    }
+
+    fn on_response(&self, request: &mut ForwardedRequest, cx: &mut Callback<'_>) {
+        let (plan, unknown) = self.policy.on_response(request.https, cx.headers, &mut cx.facts);
+        if let Some(address) = unknown {
+            self.metrics.unknown_upstream.report(&address, "no X-Served-By for it");
+        }
+        cx.apply(plan);
+    }
+}

@@ -1,0 +1,248 @@
+//! A header map as a policy sees it: read in place from the one buffer the host hands over
+//! (proxy-wasm's encoding), plus the edits decided since, in the order they were decided.
+//!
+//! The edits are the header part of a plan: the host adapter writes them back with as few
+//! host calls as it can, and policies that run later in the same callback (tether-edge runs
+//! five) see the map as the earlier ones left it.
+
+use std::ops::Range;
+
+/// One change to a header map, as Envoy applies it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Edit {
+    /// Every line of the name goes; this value is added (Envoy's `replace_header_map_value`).
+    Set(Vec<u8>),
+    /// Every line of the name goes.
+    Remove,
+    /// One more line, the existing ones stay (`add_header_map_value`; `Set-Cookie`).
+    Add(Vec<u8>),
+}
+
+/// A named edit (name lower case).
+pub type NamedEdit = (String, Edit);
+
+#[derive(Debug, Clone, Default)]
+pub struct HeaderMap {
+    /// proxy-wasm's encoding: count, (key length, value length) pairs, then each key and value
+    /// NUL-terminated.
+    raw: Vec<u8>,
+    /// Where each line's name and value are in `raw`.
+    lines: Vec<(Range<usize>, Range<usize>)>,
+    edits: Vec<NamedEdit>,
+}
+
+impl HeaderMap {
+    /// The map in the host's encoding; a malformed buffer yields the lines that are whole.
+    pub fn from_raw(raw: Vec<u8>) -> HeaderMap {
+        let lines = index(&raw);
+        HeaderMap { raw, lines, edits: Vec::new() }
+    }
+
+    /// A map of these lines (tests, and hosts that hand over pairs).
+    pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> HeaderMap {
+        let pairs: Vec<(&[u8], &[u8])> = pairs.into_iter().map(|(k, v)| (k.as_bytes(), v.as_bytes())).collect();
+        HeaderMap::from_raw(HeaderMap::encode(pairs))
+    }
+
+    /// Every line in order, names lower case (as bytes: no UTF-8 check per line): the host's
+    /// lines of names no `Set`/`Remove` has touched, then the lines the edits left, in order.
+    pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        let replaced = |name: &[u8]| self.edits.iter().any(|(n, e)| n.as_bytes() == name && !matches!(e, Edit::Add(_)));
+        let original = self.original().filter(move |(n, _)| !replaced(n));
+        let edited = self.edits.iter().enumerate().filter_map(move |(i, (n, e))| {
+            let value = match e {
+                Edit::Set(v) | Edit::Add(v) => v.as_slice(),
+                Edit::Remove => return None,
+            };
+            // A later Set or Remove of the same name took this line away.
+            let superseded = self
+                .edits
+                .get(i + 1..)
+                .is_some_and(|later| later.iter().any(|(m, f)| m == n && !matches!(f, Edit::Add(_))));
+            (!superseded).then_some((n.as_bytes(), value))
+        });
+        original.chain(edited)
+    }
+
+    /// The first line named `name` (lower case), as Envoy's `get_header_map_value` answers.
+    pub fn get(&self, name: &str) -> Option<&[u8]> {
+        let name = name.as_bytes();
+        let added = |edits| first_added(edits, name);
+        // The last edit that replaced or removed the name decides where its lines begin.
+        let replaced = self.edits.iter().rposition(|(n, e)| n.as_bytes() == name && !matches!(e, Edit::Add(_)));
+        match replaced {
+            None => self.original().find(|(n, _)| *n == name).map(|(_, v)| v).or_else(|| added(&self.edits)),
+            Some(at) => match self.edits.get(at) {
+                Some((_, Edit::Set(v))) => Some(v.as_slice()),
+                _ => added(self.edits.get(at + 1..).unwrap_or_default()),
+            },
+        }
+    }
+
+    /// Every line named `name`, in order.
+    pub fn all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
+        self.iter().filter(move |(n, _)| *n == name.as_bytes()).map(|(_, v)| v)
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.get(name).is_some()
+    }
+
+    /// Records an edit; later reads see it.
+    pub fn edit(&mut self, name: &str, edit: Edit) {
+        self.edits.push((name.to_string(), edit));
+    }
+
+    /// Records every edit of a plan, in order.
+    pub fn apply(&mut self, edits: impl IntoIterator<Item = NamedEdit>) {
+        self.edits.extend(edits);
+    }
+
+    /// The edits recorded so far, in order: what the host must be told.
+    pub fn edits(&self) -> &[NamedEdit] {
+        &self.edits
+    }
+
+    /// How many lines the map has now.
+    pub fn len(&self) -> usize {
+        self.iter().count()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The host's encoding of `pairs`: what `from_raw` reads, and what
+    /// `proxy_set_header_map_pairs` takes.
+    pub fn encode<'a, I>(pairs: I) -> Vec<u8>
+    where
+        I: IntoIterator<Item = (&'a [u8], &'a [u8])> + Clone,
+    {
+        let (count, bytes) =
+            pairs.clone().into_iter().fold((0usize, 0usize), |(n, b), (k, v)| (n + 1, b + k.len() + v.len() + 2));
+        // One allocation of the exact size: growing it line by line would reallocate and copy.
+        let mut out = Vec::with_capacity(4 + 8 * count + bytes);
+        out.extend_from_slice(&u32::try_from(count).unwrap_or(u32::MAX).to_le_bytes());
+        for (k, v) in pairs.clone() {
+            out.extend_from_slice(&u32::try_from(k.len()).unwrap_or(u32::MAX).to_le_bytes());
+            out.extend_from_slice(&u32::try_from(v.len()).unwrap_or(u32::MAX).to_le_bytes());
+        }
+        for (k, v) in pairs {
+            out.extend_from_slice(k);
+            out.push(0);
+            out.extend_from_slice(v);
+            out.push(0);
+        }
+        out
+    }
+
+    /// The whole map as it is now, in the host's encoding.
+    pub fn encoded(&self) -> Vec<u8> {
+        HeaderMap::encode(self.iter().collect::<Vec<_>>())
+    }
+
+    fn original(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        self.lines.iter().filter_map(|(name, value)| Some((self.raw.get(name.clone())?, self.raw.get(value.clone())?)))
+    }
+}
+
+/// The value of the first `Add` of `name` among `edits`.
+fn first_added<'a>(edits: &'a [NamedEdit], name: &[u8]) -> Option<&'a [u8]> {
+    edits.iter().find_map(|(n, e)| match e {
+        Edit::Add(v) if n.as_bytes() == name => Some(v.as_slice()),
+        _ => None,
+    })
+}
+
+/// The lines of a host-encoded header map; stops at the first malformed entry (a host bug, not
+/// something to fail a request over).
+fn index(raw: &[u8]) -> Vec<(Range<usize>, Range<usize>)> {
+    let count = read_u32(raw, 0).map_or(0, |n| n as usize);
+    let mut at = count.saturating_mul(8).saturating_add(4);
+    let mut lines = Vec::with_capacity(count.min(raw.len() / 10));
+    for i in 0..count {
+        let sizes = 4 + i * 8;
+        let (Some(key_len), Some(value_len)) = (read_u32(raw, sizes), read_u32(raw, sizes + 4)) else { break };
+        let key = at..at.saturating_add(key_len as usize);
+        let value = key.end.saturating_add(1)..key.end.saturating_add(1).saturating_add(value_len as usize);
+        if value.end >= raw.len() {
+            break;
+        }
+        at = value.end + 1;
+        lines.push((key, value));
+    }
+    lines
+}
+
+fn read_u32(raw: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_le_bytes(raw.get(at..at + 4)?.try_into().ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    fn lines(map: &HeaderMap) -> Vec<(String, String)> {
+        map.iter()
+            .map(|(k, v)| (String::from_utf8_lossy(k).into_owned(), String::from_utf8_lossy(v).into_owned()))
+            .collect()
+    }
+
+    fn owned(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn reads_the_hosts_encoding_in_place() {
+        let map = HeaderMap::from_pairs([(":path", "/a"), ("cookie", "a=1"), ("cookie", "b=2"), ("empty", "")]);
+        assert_eq!(map.get(":path"), Some(&b"/a"[..]));
+        assert_eq!(map.get("cookie"), Some(&b"a=1"[..]), "the first line, as Envoy answers");
+        assert_eq!(map.get("empty"), Some(&b""[..]));
+        assert_eq!(map.get("missing"), None);
+        assert_eq!(map.all("cookie").count(), 2);
+        assert_eq!(HeaderMap::default().iter().count(), 0);
+    }
+
+    #[test]
+    fn edits_read_back_as_envoy_applies_them() {
+        let mut map = HeaderMap::from_pairs([("x-a", "1"), ("cookie", "a=1"), ("cookie", "b=2"), ("x-b", "2")]);
+        map.edit("cookie", Edit::Set(b"c=3".to_vec()));
+        map.edit("x-a", Edit::Remove);
+        map.edit("x-new", Edit::Set(b"n".to_vec()));
+        map.edit("x-new", Edit::Set(b"m".to_vec()));
+        map.edit("x-b", Edit::Add(b"3".to_vec()));
+        map.edit("set-cookie", Edit::Add(b"s=1".to_vec()));
+        map.edit("set-cookie", Edit::Add(b"s=2".to_vec()));
+        let want = [
+            ("x-b", "2"),
+            ("cookie", "c=3"),
+            ("x-new", "m"),
+            ("x-b", "3"),
+            ("set-cookie", "s=1"),
+            ("set-cookie", "s=2"),
+        ];
+        assert_eq!(lines(&map), owned(&want));
+        assert_eq!(map.get("x-a"), None);
+        assert_eq!(map.get("cookie"), Some(&b"c=3"[..]));
+        assert_eq!(map.edits().len(), 7);
+        // A removal after an addition takes both lines.
+        map.edit("x-b", Edit::Remove);
+        assert_eq!(map.get("x-b"), None);
+        assert_eq!(HeaderMap::from_raw(map.encoded()).iter().count(), 4);
+    }
+
+    #[test]
+    fn a_malformed_buffer_yields_what_is_whole_and_never_panics() {
+        let raw = HeaderMap::from_pairs([("one", "1"), ("two", "2")]).encoded();
+        for cut in 0..raw.len() {
+            let map = HeaderMap::from_raw(raw.get(..cut).unwrap_or_default().to_vec());
+            assert!(map.iter().count() <= 2);
+            let _ = map.get("two");
+        }
+        let mut huge = raw.clone();
+        huge[..4].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(HeaderMap::from_raw(huge).iter().count() <= 2);
+    }
+}

@@ -1,0 +1,351 @@
+//! A filter as a library: a type that takes its configuration and decides per callback through
+//! tether-core, plus the generic proxy-wasm contexts that run it. A module is one line
+//! ([`crate::module!`]); tether-edge is a filter made of the five.
+
+use crate::host::{Host, Map, ProxyWasmHost};
+use crate::stream::{write_edits, Callback, Memo};
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, ContextType};
+use std::rc::Rc;
+use tether_core::headers::HeaderMap;
+use tether_core::routing::ROUTED_BY_PROPERTY;
+
+pub trait Filter: Sized + 'static {
+    /// What the filter remembers of one request between callbacks.
+    type Request: Default;
+
+    /// The filter for configuration `json` (JSON text or Struct bytes); `None` after logging one
+    /// line that says why it is refused.
+    fn from_config(json: &[u8]) -> Option<Self>;
+
+    /// Whether the request callback needs the request headers (one host call to read them).
+    fn reads_request_headers(&self, _end_of_stream: bool) -> bool {
+        true
+    }
+
+    fn on_request(&self, request: &mut Self::Request, cx: &mut Callback<'_>, end_of_stream: bool);
+
+    fn on_request_body(&self, _request: &mut Self::Request, _cx: &mut Callback<'_>, _chunk_len: usize) {}
+
+    fn on_response(&self, _request: &mut Self::Request, _cx: &mut Callback<'_>) {}
+
+    /// The routing contract's session header, for a routing filter: the response's copy tells
+    /// which endpoint served.
+    fn session_header(&self) -> Option<&str> {
+        None
+    }
+
+    /// Whether a routing decision must be told to routing filters in later VMs through
+    /// `tether.routed_by` (one host call). Not after affinity, the last by precedence.
+    fn marks_route_for_later_vms(&self) -> bool {
+        true
+    }
+}
+
+/// The root context of a module whose filter is `F`.
+pub struct Root<F: Filter> {
+    filter: Option<Rc<F>>,
+}
+
+impl<F: Filter> Default for Root<F> {
+    fn default() -> Self {
+        Root { filter: None }
+    }
+}
+
+impl<F: Filter> Context for Root<F> {}
+
+impl<F: Filter> RootContext for Root<F> {
+    fn on_configure(&mut self, _size: usize) -> bool {
+        let Some(json) = crate::plugin_configuration() else { return false };
+        self.filter = F::from_config(&json).map(Rc::new);
+        self.filter.is_some()
+    }
+
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(Stream::new(self.filter.clone()?, ProxyWasmHost)))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+/// One request through filter `F`: each callback reads the map once, runs the filter, and
+/// writes its edits back in as few host calls as it can.
+pub struct Stream<F: Filter, H: Host> {
+    filter: Rc<F>,
+    host: H,
+    request: F::Request,
+    memo: Memo,
+    /// A local reply went out: the request goes no further.
+    replied: bool,
+}
+
+impl<F: Filter, H: Host> Stream<F, H> {
+    pub fn new(filter: Rc<F>, host: H) -> Stream<F, H> {
+        Stream { filter, host, request: F::Request::default(), memo: Memo::default(), replied: false }
+    }
+
+    /// Writes back what a request-side callback decided; `Pause` after a local reply.
+    fn finish_request(
+        &mut self,
+        headers: &HeaderMap,
+        reply: Option<tether_core::plan::LocalReply>,
+        routed_by: Option<&'static str>,
+    ) -> Action {
+        write_edits(&self.host, Map::Request, headers);
+        if let Some(by) = routed_by.filter(|_| self.filter.marks_route_for_later_vms()) {
+            self.host.set_property(&[ROUTED_BY_PROPERTY], by.as_bytes());
+        }
+        match reply {
+            Some(reply) => {
+                self.host.send_reply(&reply);
+                self.replied = true;
+                Action::Pause
+            }
+            None => Action::Continue,
+        }
+    }
+
+    pub fn request_headers(&mut self, end_of_stream: bool) -> Action {
+        let mut headers = if self.filter.reads_request_headers(end_of_stream) {
+            HeaderMap::from_raw(self.host.header_map(Map::Request))
+        } else {
+            HeaderMap::default()
+        };
+        let mut cx = Callback::new(&mut headers, &self.host, &mut self.memo);
+        self.filter.on_request(&mut self.request, &mut cx, end_of_stream);
+        let (reply, routed_by) = (cx.reply.take(), cx.routed_by);
+        self.finish_request(&headers, reply, routed_by)
+    }
+
+    pub fn request_body(&mut self, chunk_len: usize) -> Action {
+        if self.replied {
+            return Action::Pause; // refused: nothing more goes upstream
+        }
+        let mut headers = HeaderMap::default();
+        let mut cx = Callback::new(&mut headers, &self.host, &mut self.memo);
+        self.filter.on_request_body(&mut self.request, &mut cx, chunk_len);
+        let reply = cx.reply.take();
+        match reply {
+            Some(reply) => {
+                self.host.send_reply(&reply);
+                self.replied = true;
+                Action::Pause
+            }
+            None => Action::Continue,
+        }
+    }
+
+    pub fn response_headers(&mut self) -> Action {
+        let mut headers = HeaderMap::from_raw(self.host.header_map(Map::Response));
+        self.memo.echo = self.filter.session_header().and_then(|h| headers.get(h)).map(<[u8]>::to_vec);
+        let mut cx = Callback::new(&mut headers, &self.host, &mut self.memo);
+        self.filter.on_response(&mut self.request, &mut cx);
+        write_edits(&self.host, Map::Response, &headers);
+        Action::Continue
+    }
+}
+
+impl<F: Filter, H: Host> Context for Stream<F, H> {}
+
+// Every stream callback a filter may implement; the module's build removes the exports of
+// those it does not (Cargo.toml, [package.metadata.tether]), so Envoy never enters the VM for them.
+impl<F: Filter, H: Host> HttpContext for Stream<F, H> {
+    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        self.request_headers(end_of_stream)
+    }
+
+    fn on_http_request_body(&mut self, body_size: usize, _end_of_stream: bool) -> Action {
+        self.request_body(body_size)
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        self.response_headers()
+    }
+}
+
+/// The module entry of a filter: `tether_glue::module!(tether_affinity::Affinity);`.
+#[macro_export]
+macro_rules! module {
+    ($filter:ty) => {
+        $crate::proxy_wasm::main! {{
+            $crate::proxy_wasm::set_log_level($crate::proxy_wasm::types::LogLevel::Trace);
+            $crate::proxy_wasm::set_root_context(|_| -> Box<dyn $crate::proxy_wasm::traits::RootContext> {
+                Box::new($crate::Root::<$filter>::default())
+            });
+        }}
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    // Test code: a failed unwrap or index is a failed test.
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing, clippy::panic)]
+    use super::*;
+    use crate::host::Map;
+    use std::cell::RefCell;
+    use tether_core::plan::{LocalReply, Plan, Route};
+
+    /// A host that records every call and holds one stream's maps.
+    #[derive(Default)]
+    struct MockHost {
+        calls: RefCell<Vec<String>>,
+        request: RefCell<Vec<u8>>,
+        response: RefCell<Vec<u8>>,
+    }
+
+    impl MockHost {
+        fn with(request: &[(&str, &str)], response: &[(&str, &str)]) -> MockHost {
+            MockHost {
+                request: RefCell::new(HeaderMap::from_pairs(request.iter().copied()).encoded()),
+                response: RefCell::new(HeaderMap::from_pairs(response.iter().copied()).encoded()),
+                ..MockHost::default()
+            }
+        }
+        fn call(&self, c: String) {
+            self.calls.borrow_mut().push(c);
+        }
+        fn calls(&self) -> Vec<String> {
+            self.calls.borrow().clone()
+        }
+    }
+
+    impl Host for &MockHost {
+        fn header_map(&self, map: Map) -> Vec<u8> {
+            self.call(format!("read {map:?}"));
+            match map {
+                Map::Request => self.request.borrow().clone(),
+                Map::Response => self.response.borrow().clone(),
+            }
+        }
+        fn set_header(&self, map: Map, name: &str, value: Option<&[u8]>) {
+            self.call(format!("set {map:?} {name} {}", value.is_some()));
+        }
+        fn add_header(&self, map: Map, name: &str, _: &[u8]) {
+            self.call(format!("add {map:?} {name}"));
+        }
+        fn set_header_map(&self, map: Map, encoded: &[u8]) {
+            self.call(format!("write {map:?}"));
+            match map {
+                Map::Request => *self.request.borrow_mut() = encoded.to_vec(),
+                Map::Response => *self.response.borrow_mut() = encoded.to_vec(),
+            }
+        }
+        fn property(&self, path: &[&str]) -> Option<Vec<u8>> {
+            self.call(format!("property {}", path.join(".")));
+            None
+        }
+        fn set_property(&self, path: &[&str], _: &[u8]) {
+            self.call(format!("set_property {}", path.join(".")));
+        }
+        fn now_ms(&self) -> u64 {
+            self.call("now".into());
+            0
+        }
+        fn send_reply(&self, reply: &LocalReply) {
+            self.call(format!("reply {}", reply.status));
+        }
+        fn shared_data(&self, _: &str) -> (Option<Vec<u8>>, Option<u32>) {
+            (None, None)
+        }
+        fn set_shared_data(&self, _: &str, _: &[u8], _: Option<u32>) -> bool {
+            true
+        }
+    }
+
+    /// A filter whose plans are given: request edits, a reply, a route; one response edit.
+    #[derive(Default)]
+    struct Scripted {
+        request: Plan,
+        response: Plan,
+        marks: bool,
+    }
+
+    impl Filter for Scripted {
+        type Request = ();
+        fn from_config(_: &[u8]) -> Option<Self> {
+            None
+        }
+        fn on_request(&self, _: &mut (), cx: &mut Callback<'_>, _: bool) {
+            cx.apply(self.request.clone());
+        }
+        fn on_response(&self, _: &mut (), cx: &mut Callback<'_>) {
+            use tether_core::plan::Facts as _;
+            let _ = cx.facts.served();
+            cx.apply(self.response.clone());
+        }
+        fn session_header(&self) -> Option<&str> {
+            Some("x-tether-session")
+        }
+        fn marks_route_for_later_vms(&self) -> bool {
+            self.marks
+        }
+    }
+
+    fn run(filter: Scripted, host: &MockHost) -> (Action, Action) {
+        let mut stream = Stream::new(Rc::new(filter), host);
+        (stream.request_headers(true), stream.response_headers())
+    }
+
+    #[test]
+    fn one_read_and_one_write_per_map_however_many_edits() {
+        let mut request = Plan::default();
+        request.set("x-forwarded-for", "192.0.2.1");
+        request.set("x-forwarded-proto", "https");
+        request.remove("x-real-ip");
+        let host = MockHost::with(&[(":path", "/"), ("x-real-ip", "1.1.1.1")], &[]);
+        let (action, _) = run(Scripted { request, ..Scripted::default() }, &host);
+        assert_eq!(action, Action::Continue);
+        // The pinned-nowhere response asks upstream.address for the served endpoint.
+        assert_eq!(host.calls(), ["read Request", "write Request", "read Response", "property upstream.address"]);
+        let written = HeaderMap::from_raw(host.request.borrow().clone());
+        assert_eq!(written.get("x-forwarded-proto"), Some(&b"https"[..]));
+        assert_eq!(written.get("x-real-ip"), None);
+        assert_eq!(written.get(":path"), Some(&b"/"[..]));
+    }
+
+    #[test]
+    fn a_single_edit_is_a_single_call_and_none_is_none() {
+        let mut response = Plan::default();
+        response.add("x-served-by", "n1");
+        let host = MockHost::with(&[], &[]);
+        run(Scripted { response, ..Scripted::default() }, &host);
+        assert_eq!(
+            host.calls(),
+            ["read Request", "read Response", "property upstream.address", "add Response x-served-by"]
+        );
+    }
+
+    #[test]
+    fn a_route_is_marked_for_later_vms_only_when_one_may_follow_and_the_pin_answers_served() {
+        let route = |marks| {
+            let mut request = Plan::default();
+            request.set("x-tether-session", "MTI3LjAuMC4xOjgwMDE=");
+            request.route = Some(Route { by: "path-pin", address: "127.0.0.1:8001".parse().unwrap() });
+            Scripted { request, marks, ..Scripted::default() }
+        };
+        let host = MockHost::with(&[], &[]);
+        run(route(true), &host);
+        // No session header in the response: the pinned endpoint served, no property asked.
+        assert_eq!(
+            host.calls(),
+            ["read Request", "set Request x-tether-session true", "set_property tether.routed_by", "read Response"]
+        );
+        let host = MockHost::with(&[], &[]);
+        run(route(false), &host);
+        assert!(!host.calls().iter().any(|c| c.starts_with("set_property")));
+    }
+
+    #[test]
+    fn a_local_reply_pauses_the_request_and_its_body() {
+        let mut request = Plan::default();
+        request.reply(LocalReply { status: 413, headers: Vec::new(), body: Vec::new() });
+        let host = MockHost::with(&[], &[]);
+        let mut stream = Stream::new(Rc::new(Scripted { request, ..Scripted::default() }), &host);
+        assert_eq!(stream.request_headers(false), Action::Pause);
+        assert_eq!(stream.request_body(10), Action::Pause);
+        assert_eq!(host.calls(), ["read Request", "reply 413"]);
+    }
+}

@@ -1,0 +1,279 @@
+//! The host seam: every call Tether makes to a proxy-wasm host, behind one small trait, so the
+//! adapter can be tested natively against a recording host (tests below, `MockHost`) and
+//! counted exactly against a real module (tests/src/wasm_host.rs).
+
+use tether_core::plan::LocalReply;
+
+/// A header map of the stream at hand.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Map {
+    Request,
+    Response,
+}
+
+pub trait Host {
+    /// The whole map in proxy-wasm's encoding, in one call (empty if the host has none).
+    fn header_map(&self, map: Map) -> Vec<u8>;
+    /// Replaces every line of `name` with `value`, or with `None` removes them.
+    fn set_header(&self, map: Map, name: &str, value: Option<&[u8]>);
+    /// Adds one line of `name`, keeping the others.
+    fn add_header(&self, map: Map, name: &str, value: &[u8]);
+    /// Replaces the whole map with `encoded` (proxy-wasm's encoding) in one call.
+    fn set_header_map(&self, map: Map, encoded: &[u8]);
+    /// A property; an error from the host reads as absent.
+    fn property(&self, path: &[&str]) -> Option<Vec<u8>>;
+    /// Sets a per-request property; a refusal is logged, not fatal.
+    fn set_property(&self, path: &[&str], value: &[u8]);
+    /// Wall-clock Unix milliseconds.
+    fn now_ms(&self) -> u64;
+    fn send_reply(&self, reply: &LocalReply);
+    fn shared_data(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>);
+    fn set_shared_data(&self, key: &str, value: &[u8], cas: Option<u32>) -> bool;
+}
+
+/// The proxy-wasm host the module runs in (Envoy, or another proxy-wasm host), called through
+/// the ABI directly: the SDK's `hostcalls` panic on a status they do not expect (a refused
+/// header write, a property the host cannot serialise), which would take the VM down; here any
+/// refusal is a status, logged where it matters, never a panic.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ProxyWasmHost;
+
+/// proxy-wasm's map types.
+fn map_type(map: Map) -> u32 {
+    match map {
+        Map::Request => 0,
+        Map::Response => 2,
+    }
+}
+
+/// `["upstream", "address"]` as the ABI takes a property path: segments separated by NUL.
+fn property_path(path: &[&str]) -> Vec<u8> {
+    path.join("\0").into_bytes()
+}
+
+impl Host for ProxyWasmHost {
+    fn header_map(&self, map: Map) -> Vec<u8> {
+        raw::get_header_map(map_type(map)).unwrap_or_default()
+    }
+
+    fn set_header(&self, map: Map, name: &str, value: Option<&[u8]>) {
+        let status = match value {
+            Some(value) => raw::replace_header(map_type(map), name.as_bytes(), value),
+            None => raw::remove_header(map_type(map), name.as_bytes()),
+        };
+        if status != raw::OK {
+            log::warn!("cannot write header {name} ({map:?}): status {status}");
+        }
+    }
+
+    fn add_header(&self, map: Map, name: &str, value: &[u8]) {
+        let status = raw::add_header(map_type(map), name.as_bytes(), value);
+        if status != raw::OK {
+            log::warn!("cannot add header {name} ({map:?}): status {status}");
+        }
+    }
+
+    fn set_header_map(&self, map: Map, encoded: &[u8]) {
+        let status = raw::set_header_map(map_type(map), encoded);
+        if status != raw::OK {
+            log::warn!("cannot replace the {map:?} headers: status {status}");
+        }
+    }
+
+    fn property(&self, path: &[&str]) -> Option<Vec<u8>> {
+        raw::get_property(&property_path(path))
+    }
+
+    fn set_property(&self, path: &[&str], value: &[u8]) {
+        let status = raw::set_property(&property_path(path), value);
+        if status != raw::OK {
+            log::warn!("cannot set property {path:?}: status {status}");
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        raw::now_ns().map_or(0, |ns| ns / 1_000_000)
+    }
+
+    fn send_reply(&self, reply: &LocalReply) {
+        let headers = tether_core::headers::HeaderMap::encode(
+            reply.headers.iter().map(|(k, v)| (k.as_bytes(), v.as_bytes())).collect::<Vec<_>>(),
+        );
+        let status = raw::send_local_response(reply.status, &reply.body, &headers);
+        if status != raw::OK {
+            log::warn!("cannot send the local reply {}: status {status}", reply.status);
+        }
+    }
+
+    fn shared_data(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
+        raw::get_shared_data(key.as_bytes())
+    }
+
+    fn set_shared_data(&self, key: &str, value: &[u8], cas: Option<u32>) -> bool {
+        raw::set_shared_data(key.as_bytes(), value, cas.unwrap_or(0)) == raw::OK
+    }
+}
+
+/// The ABI calls (proxy-wasm 0.2.1), each answering its status.
+#[cfg(target_arch = "wasm32")]
+#[allow(unsafe_code)]
+mod raw {
+    pub const OK: u32 = 0;
+
+    #[link(wasm_import_module = "env")]
+    extern "C" {
+        fn proxy_get_header_map_pairs(map_type: u32, return_data: *mut *mut u8, return_size: *mut usize) -> u32;
+        fn proxy_set_header_map_pairs(map_type: u32, data: *const u8, size: usize) -> u32;
+        fn proxy_replace_header_map_value(map: u32, k: *const u8, ks: usize, v: *const u8, vs: usize) -> u32;
+        fn proxy_add_header_map_value(map: u32, k: *const u8, ks: usize, v: *const u8, vs: usize) -> u32;
+        fn proxy_remove_header_map_value(map: u32, k: *const u8, ks: usize) -> u32;
+        fn proxy_get_property(path: *const u8, path_size: usize, data: *mut *mut u8, size: *mut usize) -> u32;
+        fn proxy_set_property(path: *const u8, path_size: usize, value: *const u8, value_size: usize) -> u32;
+        fn proxy_get_current_time_nanoseconds(time: *mut u64) -> u32;
+        fn proxy_get_shared_data(k: *const u8, ks: usize, data: *mut *mut u8, size: *mut usize, cas: *mut u32) -> u32;
+        fn proxy_set_shared_data(k: *const u8, ks: usize, v: *const u8, vs: usize, cas: u32) -> u32;
+        #[allow(clippy::too_many_arguments)]
+        fn proxy_send_local_response(
+            status_code: u32,
+            details: *const u8,
+            details_size: usize,
+            body: *const u8,
+            body_size: usize,
+            headers: *const u8,
+            headers_size: usize,
+            grpc_status: i32,
+        ) -> u32;
+    }
+
+    /// Takes ownership of a buffer the host allocated through this module's `malloc` export
+    /// (the SDK's, a boxed slice of exactly `size` bytes), as the SDK itself does.
+    ///
+    /// SAFETY: `data` must be null or such a buffer of `size` bytes, handed over by the host.
+    unsafe fn owned(data: *mut u8, size: usize) -> Option<Vec<u8>> {
+        if data.is_null() {
+            return (size == 0).then(Vec::new);
+        }
+        // SAFETY: as the caller promises.
+        Some(unsafe { Vec::from_raw_parts(data, size, size) })
+    }
+
+    pub fn get_header_map(map: u32) -> Option<Vec<u8>> {
+        let (mut data, mut size): (*mut u8, usize) = (std::ptr::null_mut(), 0);
+        // SAFETY: the host writes one pointer and one size into the two live locals.
+        let status = unsafe { proxy_get_header_map_pairs(map, &mut data, &mut size) };
+        // SAFETY: on OK the host handed over its buffer.
+        (status == OK).then(|| unsafe { owned(data, size) }).flatten()
+    }
+
+    pub fn set_header_map(map: u32, encoded: &[u8]) -> u32 {
+        // SAFETY: the host reads the live slice during the call.
+        unsafe { proxy_set_header_map_pairs(map, encoded.as_ptr(), encoded.len()) }
+    }
+
+    pub fn replace_header(map: u32, name: &[u8], value: &[u8]) -> u32 {
+        // SAFETY: the host reads the two live slices during the call.
+        unsafe { proxy_replace_header_map_value(map, name.as_ptr(), name.len(), value.as_ptr(), value.len()) }
+    }
+
+    pub fn add_header(map: u32, name: &[u8], value: &[u8]) -> u32 {
+        // SAFETY: the host reads the two live slices during the call.
+        unsafe { proxy_add_header_map_value(map, name.as_ptr(), name.len(), value.as_ptr(), value.len()) }
+    }
+
+    pub fn remove_header(map: u32, name: &[u8]) -> u32 {
+        // SAFETY: the host reads the live slice during the call.
+        unsafe { proxy_remove_header_map_value(map, name.as_ptr(), name.len()) }
+    }
+
+    pub fn get_property(path: &[u8]) -> Option<Vec<u8>> {
+        let (mut data, mut size): (*mut u8, usize) = (std::ptr::null_mut(), 0);
+        // SAFETY: the host reads the live path and writes one pointer and one size.
+        let status = unsafe { proxy_get_property(path.as_ptr(), path.len(), &mut data, &mut size) };
+        // SAFETY: on OK the host handed over its buffer.
+        (status == OK).then(|| unsafe { owned(data, size) }).flatten()
+    }
+
+    pub fn set_property(path: &[u8], value: &[u8]) -> u32 {
+        // SAFETY: the host reads the two live slices during the call.
+        unsafe { proxy_set_property(path.as_ptr(), path.len(), value.as_ptr(), value.len()) }
+    }
+
+    pub fn now_ns() -> Option<u64> {
+        let mut ns = 0u64;
+        // SAFETY: the host writes one u64 into the live local.
+        (unsafe { proxy_get_current_time_nanoseconds(&mut ns) } == OK).then_some(ns)
+    }
+
+    pub fn get_shared_data(key: &[u8]) -> (Option<Vec<u8>>, Option<u32>) {
+        let (mut data, mut size, mut cas): (*mut u8, usize, u32) = (std::ptr::null_mut(), 0, 0);
+        // SAFETY: the host reads the live key and writes a pointer, a size and a token.
+        let status = unsafe { proxy_get_shared_data(key.as_ptr(), key.len(), &mut data, &mut size, &mut cas) };
+        if status != OK {
+            return (None, None);
+        }
+        // SAFETY: on OK the host handed over its buffer.
+        (unsafe { owned(data, size) }, Some(cas))
+    }
+
+    pub fn set_shared_data(key: &[u8], value: &[u8], cas: u32) -> u32 {
+        // SAFETY: the host reads the two live slices during the call.
+        unsafe { proxy_set_shared_data(key.as_ptr(), key.len(), value.as_ptr(), value.len(), cas) }
+    }
+
+    pub fn send_local_response(status: u32, body: &[u8], headers: &[u8]) -> u32 {
+        // SAFETY: the host reads the live slices during the call; no details string.
+        unsafe {
+            proxy_send_local_response(
+                status,
+                std::ptr::null(),
+                0,
+                body.as_ptr(),
+                body.len(),
+                headers.as_ptr(),
+                headers.len(),
+                -1,
+            )
+        }
+    }
+}
+
+/// Outside Wasm there is no host: everything is absent and every write refused.
+#[cfg(not(target_arch = "wasm32"))]
+mod raw {
+    pub const OK: u32 = 0;
+    const UNIMPLEMENTED: u32 = 12;
+
+    pub fn get_header_map(_: u32) -> Option<Vec<u8>> {
+        None
+    }
+    pub fn set_header_map(_: u32, _: &[u8]) -> u32 {
+        UNIMPLEMENTED
+    }
+    pub fn replace_header(_: u32, _: &[u8], _: &[u8]) -> u32 {
+        UNIMPLEMENTED
+    }
+    pub fn add_header(_: u32, _: &[u8], _: &[u8]) -> u32 {
+        UNIMPLEMENTED
+    }
+    pub fn remove_header(_: u32, _: &[u8]) -> u32 {
+        UNIMPLEMENTED
+    }
+    pub fn get_property(_: &[u8]) -> Option<Vec<u8>> {
+        None
+    }
+    pub fn set_property(_: &[u8], _: &[u8]) -> u32 {
+        UNIMPLEMENTED
+    }
+    pub fn now_ns() -> Option<u64> {
+        None
+    }
+    pub fn get_shared_data(_: &[u8]) -> (Option<Vec<u8>>, Option<u32>) {
+        (None, None)
+    }
+    pub fn set_shared_data(_: &[u8], _: &[u8], _: u32) -> u32 {
+        UNIMPLEMENTED
+    }
+    pub fn send_local_response(_: u32, _: &[u8], _: &[u8]) -> u32 {
+        UNIMPLEMENTED
+    }
+}

@@ -1,0 +1,156 @@
+//! One stream as the filters of a VM see it: the facts asked of the host (each at most once per
+//! stream), the callback's header map with the edits decided so far, and the writing back of a
+//! callback's edits with the fewest host calls.
+
+use crate::host::{Host, Map};
+use std::net::SocketAddr;
+use tether_core::headers::{Edit, HeaderMap};
+use tether_core::plan::{Facts, LocalReply, Plan};
+use tether_core::routing::{served_address, ROUTED_BY_PROPERTY, UPSTREAM_ADDRESS_PROPERTY};
+
+/// What this VM learnt from, or told, the host about one stream.
+#[derive(Debug, Default)]
+pub struct Memo {
+    source_address: Option<Option<Vec<u8>>>,
+    tls: Option<bool>,
+    destination_port: Option<Option<u64>>,
+    now_ms: Option<u64>,
+    routed_by: Option<Option<Vec<u8>>>,
+    upstream_address: Option<Option<Vec<u8>>>,
+    /// The endpoint a routing filter of this VM sent the request to.
+    pub(crate) pinned: Option<SocketAddr>,
+    /// The session header Envoy's `stateful_session` wrote into the response, as it came.
+    pub(crate) echo: Option<Vec<u8>>,
+    served: Option<Option<SocketAddr>>,
+}
+
+/// The facts of one stream, asked of `host` lazily and once.
+pub struct StreamFacts<'a> {
+    host: &'a dyn Host,
+    memo: &'a mut Memo,
+}
+
+impl<'a> StreamFacts<'a> {
+    pub fn new(host: &'a dyn Host, memo: &'a mut Memo) -> StreamFacts<'a> {
+        StreamFacts { host, memo }
+    }
+
+    fn upstream_address(&mut self) -> Option<Vec<u8>> {
+        let host = self.host;
+        once(&mut self.memo.upstream_address, || host.property(&UPSTREAM_ADDRESS_PROPERTY))
+    }
+}
+
+fn once<T: Clone>(slot: &mut Option<T>, ask: impl FnOnce() -> T) -> T {
+    slot.get_or_insert_with(ask).clone()
+}
+
+impl Facts for StreamFacts<'_> {
+    /// From the session header Envoy wrote, else the endpoint this VM pinned (Envoy writes
+    /// nothing when it served), else `upstream.address`.
+    fn served(&mut self) -> Option<SocketAddr> {
+        if let Some(known) = self.memo.served {
+            return known;
+        }
+        let (echo, pinned) = (self.memo.echo.take(), self.memo.pinned);
+        let served = served_address(echo.as_deref(), pinned, || self.upstream_address());
+        self.memo.echo = echo;
+        self.memo.served = Some(served);
+        served
+    }
+
+    fn source_address(&mut self) -> Option<Vec<u8>> {
+        let host = self.host;
+        once(&mut self.memo.source_address, || host.property(&["source", "address"]))
+    }
+
+    fn tls(&mut self) -> bool {
+        let host = self.host;
+        once(&mut self.memo.tls, || host.property(&["connection", "tls_version"]).is_some_and(|v| !v.is_empty()))
+    }
+
+    fn destination_port(&mut self) -> Option<u64> {
+        let host = self.host;
+        once(&mut self.memo.destination_port, || {
+            let raw = host.property(&["destination", "port"])?;
+            // Envoy: 8 bytes little-endian; another host may write the number as text.
+            match <[u8; 8]>::try_from(raw.get(..8)?) {
+                Ok(bytes) if raw.len() == 8 => Some(u64::from_le_bytes(bytes)),
+                _ => std::str::from_utf8(&raw).ok()?.trim().parse().ok(),
+            }
+        })
+    }
+
+    fn now_ms(&mut self) -> u64 {
+        let host = self.host;
+        once(&mut self.memo.now_ms, || host.now_ms())
+    }
+
+    fn routed_by(&mut self) -> Option<Vec<u8>> {
+        let host = self.host;
+        once(&mut self.memo.routed_by, || host.property(&[ROUTED_BY_PROPERTY]))
+    }
+
+    fn shared_data(&mut self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
+        self.host.shared_data(key)
+    }
+
+    fn set_shared_data(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> bool {
+        self.host.set_shared_data(key, value, cas)
+    }
+}
+
+/// One callback: the map it offers (with the edits decided so far), the stream's facts, and
+/// what the plans applied so far decided beyond edits.
+pub struct Callback<'a> {
+    pub headers: &'a mut HeaderMap,
+    pub facts: StreamFacts<'a>,
+    pub reply: Option<LocalReply>,
+    /// The routing filter that decided in this callback (for `tether.routed_by`).
+    pub routed_by: Option<&'static str>,
+}
+
+impl<'a> Callback<'a> {
+    pub fn new(headers: &'a mut HeaderMap, host: &'a dyn Host, memo: &'a mut Memo) -> Callback<'a> {
+        Callback { headers, facts: StreamFacts::new(host, memo), reply: None, routed_by: None }
+    }
+
+    /// Takes a policy's plan: its edits go on the map (later policies see them), its reply and
+    /// route are kept for the adapter.
+    pub fn apply(&mut self, plan: Plan) {
+        self.headers.apply(plan.edits);
+        if let Some(reply) = plan.reply {
+            self.reply = Some(reply);
+        }
+        if let Some(route) = plan.route {
+            self.facts.memo.pinned = Some(route.address);
+            // Later routing filters of this VM see the decision without asking the host.
+            self.facts.memo.routed_by = Some(Some(route.by.as_bytes().to_vec()));
+            self.routed_by = Some(route.by);
+        }
+    }
+}
+
+/// Beyond this many edits, one `proxy_set_header_map_pairs` replaces the whole map instead of
+/// one call per edit (measured: see README, "What it costs").
+pub const BATCH_FROM: usize = 2;
+
+/// Writes a callback's edits back to the host: none, one call per edit, or the whole map in one
+/// call, whichever is fewer calls.
+pub fn write_edits(host: &dyn Host, map: Map, headers: &HeaderMap) {
+    let edits = headers.edits();
+    if edits.is_empty() {
+        return;
+    }
+    if edits.len() >= BATCH_FROM {
+        host.set_header_map(map, &headers.encoded());
+        return;
+    }
+    for (name, edit) in edits {
+        match edit {
+            Edit::Set(value) => host.set_header(map, name, Some(value)),
+            Edit::Remove => host.set_header(map, name, None),
+            Edit::Add(value) => host.add_header(map, name, value),
+        }
+    }
+}
