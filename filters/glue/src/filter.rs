@@ -8,6 +8,7 @@ use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType};
 use std::rc::Rc;
 use tether_core::headers::HeaderMap;
+use tether_core::plan::LocalReply;
 use tether_core::routing::ROUTED_BY_PROPERTY;
 
 pub trait Filter: Sized + 'static {
@@ -91,21 +92,22 @@ impl<F: Filter, H: Host> Stream<F, H> {
     fn finish_request(
         &mut self,
         headers: &HeaderMap,
-        reply: Option<tether_core::plan::LocalReply>,
+        reply: Option<LocalReply>,
         routed_by: Option<&'static str>,
     ) -> Action {
         write_edits(&self.host, Map::Request, headers);
         if let Some(by) = routed_by.filter(|_| self.filter.marks_route_for_later_vms()) {
             self.host.set_property(&[ROUTED_BY_PROPERTY], by.as_bytes());
         }
-        match reply {
-            Some(reply) => {
-                self.host.send_reply(&reply);
-                self.replied = true;
-                Action::Pause
-            }
-            None => Action::Continue,
-        }
+        self.reply(reply)
+    }
+
+    /// Sends a local reply if one was decided: the request then goes no further (`Pause`).
+    fn reply(&mut self, reply: Option<LocalReply>) -> Action {
+        let Some(reply) = reply else { return Action::Continue };
+        self.host.send_reply(&reply);
+        self.replied = true;
+        Action::Pause
     }
 
     pub fn request_headers(&mut self, end_of_stream: bool) -> Action {
@@ -128,14 +130,7 @@ impl<F: Filter, H: Host> Stream<F, H> {
         let mut cx = Callback::new(&mut headers, &self.host, &mut self.memo);
         self.filter.on_request_body(&mut self.request, &mut cx, chunk_len);
         let reply = cx.reply.take();
-        match reply {
-            Some(reply) => {
-                self.host.send_reply(&reply);
-                self.replied = true;
-                Action::Pause
-            }
-            None => Action::Continue,
-        }
+        self.reply(reply)
     }
 
     pub fn response_headers(&mut self) -> Action {
@@ -186,7 +181,7 @@ mod tests {
     use super::*;
     use crate::host::Map;
     use std::cell::RefCell;
-    use tether_core::plan::{LocalReply, Plan, Route};
+    use tether_core::plan::{Plan, Route};
 
     /// A host that records every call and holds one stream's maps.
     #[derive(Default)]
