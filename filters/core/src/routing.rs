@@ -92,26 +92,6 @@ pub fn decided_earlier(routed_by: Option<&[u8]>) -> bool {
     routed_by.is_some_and(|v| !v.is_empty())
 }
 
-/// Whether the node a filter chose is the one that served.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Served {
-    ByChosen,
-    /// Envoy sent the request elsewhere (the chosen node was unhealthy, ejected or refused).
-    ByOther(SocketAddr),
-    /// No upstream address (a local reply, or the request never reached a node).
-    Unknown,
-}
-
-pub fn served(chosen: &SocketAddr, upstream_address: Option<&[u8]>) -> Served {
-    let parsed =
-        upstream_address.and_then(|raw| std::str::from_utf8(raw).ok()).and_then(|text| text.parse::<SocketAddr>().ok());
-    match parsed {
-        Some(a) if a == *chosen => Served::ByChosen,
-        Some(a) => Served::ByOther(a),
-        None => Served::Unknown,
-    }
-}
-
 /// How a routing filter finds a request, before it decides anything.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Claim {
@@ -194,14 +174,9 @@ mod tests {
     }
 
     #[test]
-    fn precedence_and_served() {
+    fn precedence() {
         assert!(!decided_earlier(None));
         assert!(!decided_earlier(Some(b"")));
         assert!(decided_earlier(Some(b"path-pin")));
-        let chosen: SocketAddr = "127.0.0.1:8001".parse().unwrap();
-        assert_eq!(served(&chosen, Some(b"127.0.0.1:8001")), Served::ByChosen);
-        assert_eq!(served(&chosen, Some(b"127.0.0.1:8002")), Served::ByOther("127.0.0.1:8002".parse().unwrap()));
-        assert_eq!(served(&chosen, None), Served::Unknown);
-        assert_eq!(served(&chosen, Some(b"\xff")), Served::Unknown);
     }
 }
