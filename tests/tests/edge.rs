@@ -79,6 +79,13 @@ fn a_bad_edge_configuration_is_refused_naming_the_section() {
         (r#"{"forwarded": {}, "cookies": {}}"#, "unknown field `cookies`"),
         (r#"{"body_limit": {"default_limit": "lots"}}"#, "section \"body_limit\" refused"),
         (r#"{}"#, "no section"),
+        (
+            r#"{"path_pin": {"session_header": "x-one", "nodes": [{"name": "n1", "address": "127.0.0.1:8001"}],
+                "rules": [{"path_prefix": "/git/", "node": "n1"}]},
+              "uri_hash": {"session_header": "x-two", "nodes": [{"name": "n1", "address": "127.0.0.1:8001"}],
+                "prefixes": ["/project/"]}}"#,
+            "name different session headers",
+        ),
     ] {
         let path = scratch.join("envoy.yaml");
         std::fs::write(&path, EnvoyConfig::new(vec![WasmFilter::new("edge", config)], &[]).yaml()).unwrap();

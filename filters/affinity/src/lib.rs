@@ -11,7 +11,6 @@
 
 use log::debug;
 use tether_core::affinity::{AffinityPolicy, AffinityRequest, CookieState, SetReason};
-use tether_core::routing::Claim;
 use tether_glue::{configure, host_env_var, Callback, Counter, Filter, UnknownUpstream};
 
 struct Metrics {
@@ -57,7 +56,7 @@ impl Filter for Affinity {
 
     fn on_request(&self, request: &mut AffinityRequest, cx: &mut Callback<'_>, _end_of_stream: bool) {
         let (plan, decided) = self.policy.on_request(cx.headers, &mut cx.facts);
-        if decided.claim == (Claim::Open { forged_removed: true }) {
+        if decided.claim.removed_forgery() {
             self.metrics.client_session_header_removed.increment();
         }
         match &decided.state {

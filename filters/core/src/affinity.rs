@@ -499,11 +499,7 @@ impl AffinityPolicy {
     ) -> (Plan, ResponseOutcome) {
         let mut plan = Plan::default();
         let mut outcome = ResponseOutcome::default();
-        // Envoy's stateful_session writes the endpoint back; internal addresses stay inside.
-        let header = self.session_header.name();
-        if routing::removes_echo(Some(request.claim), headers.contains(header)) {
-            plan.remove(header);
-        }
+        routing::remove_echo(&mut plan, headers, &self.session_header, request.claim);
         if request.claim == Claim::DecidedEarlier {
             return (plan, outcome); // e.g. a pinned /git/ request must not move the session
         }

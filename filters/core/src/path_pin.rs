@@ -179,11 +179,7 @@ impl PathPinPolicy {
         facts: &mut dyn Facts,
     ) -> (Plan, Option<(&PinRule, Option<&str>)>) {
         let mut plan = Plan::default();
-        // Envoy's stateful_session writes the chosen endpoint back; internal addresses stay inside.
-        let header = self.session_header.name();
-        if routing::removes_echo(Some(request.claim), headers.contains(header)) {
-            plan.remove(header);
-        }
+        routing::remove_echo(&mut plan, headers, &self.session_header, request.claim);
         let Some(rule) = request.pinned_rule.and_then(|i| self.rules.get(i)) else { return (plan, None) };
         match facts.served() {
             Some(other) if other != rule.address => {

@@ -102,6 +102,13 @@ pub enum Claim {
     Open { forged_removed: bool },
 }
 
+impl Claim {
+    /// The client sent a session header, and the plan removes it (a metric in each filter).
+    pub fn removed_forgery(self) -> bool {
+        self == Claim::Open { forged_removed: true }
+    }
+}
+
 /// The request side of the routing contract, run first by every routing filter. A filter that
 /// decides always writes the session header, so without one on the request nobody decided and
 /// `tether.routed_by` need not be asked (the common case costs no host call); with one, only
@@ -144,12 +151,15 @@ pub fn parse_address(raw: &[u8]) -> Option<SocketAddr> {
     std::str::from_utf8(raw).ok()?.parse().ok()
 }
 
-/// Whether a routing filter removes the session header Envoy wrote into the response (so that
-/// internal addresses never reach clients): unless another filter decided, which, being
-/// earlier in the chain, sees the response later and removes it itself (a filter later in the
-/// chain that removed it first would hide from the decider which endpoint served).
-pub fn removes_echo(claim: Option<Claim>, echo_present: bool) -> bool {
-    echo_present && claim != Some(Claim::DecidedEarlier)
+/// The response side of the contract, run first by every routing filter: the session header
+/// Envoy wrote into the response is removed, so internal addresses never reach clients; unless
+/// another filter decided, which, being earlier in the chain, sees the response later and
+/// removes it itself (a filter later in the chain that removed it first would hide from the
+/// decider which endpoint served).
+pub fn remove_echo(plan: &mut Plan, headers: &HeaderMap, header: &SessionHeader, claim: Claim) {
+    if claim != Claim::DecidedEarlier && headers.contains(header.name()) {
+        plan.remove(header.name());
+    }
 }
 
 #[cfg(test)]

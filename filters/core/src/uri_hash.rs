@@ -307,10 +307,7 @@ impl UriHashPolicy {
         facts: &mut dyn Facts,
     ) -> (Plan, UriHashResponse) {
         let mut plan = Plan::default();
-        let header = self.session_header.name();
-        if routing::removes_echo(Some(request.claim), headers.contains(header)) {
-            plan.remove(header);
-        }
+        routing::remove_echo(&mut plan, headers, &self.session_header, request.claim);
         let Some(choice) = request.choice else { return (plan, UriHashResponse::Nothing) };
         let Some(address) = facts.served() else { return (plan, UriHashResponse::Nothing) }; // a local reply
         let Some(served) = self.nodes.by_address(&address) else {

@@ -12,7 +12,7 @@ use tether_core::forwarded::ForwardedPolicy;
 use tether_core::headers::{Edit, HeaderMap};
 use tether_core::path_pin::PathPinPolicy;
 use tether_core::plan::{FixedFacts, Plan};
-use tether_core::routing::{claim, removes_echo, served_address, session_value, Claim, SessionHeader};
+use tether_core::routing::{claim, remove_echo, served_address, session_value, Claim, SessionHeader};
 use tether_core::uri_hash::{UriHashPolicy, UriHashResponse, DOWN_KEY};
 
 const NODES: &str = r#"[{"name": "n1", "address": "127.0.0.1:8001"},
@@ -99,6 +99,19 @@ fn forwarded_redirects_plain_http_and_an_unreadable_peer_gets_nothing() {
 }
 
 #[test]
+fn forwarded_reads_a_peer_with_or_without_port() {
+    // Envoy writes `ip:port`; nginx's ngx_wasm_module a bare IP. Either is the client.
+    let policy = ForwardedPolicy::from_json(br#"{"real_ip": false, "forwarded_port": false}"#).unwrap();
+    for source in ["192.0.2.9:51000", "192.0.2.9", "[2001:db8::9]:443", "2001:db8::9"] {
+        let mut facts = FixedFacts { source_address: Some(source.as_bytes().to_vec()), ..FixedFacts::default() };
+        let (plan, outcome) = policy.on_request(&HeaderMap::from_pairs([(":path", "/")]), &mut facts);
+        assert!(!outcome.no_peer, "{source}");
+        let want = if source.contains("db8") { "2001:db8::9" } else { "192.0.2.9" };
+        assert_eq!(edits(&plan)[0], ("x-forwarded-for", Some(want)), "{source}");
+    }
+}
+
+#[test]
 fn forwarded_response_hsts_only_over_https_and_served_by_from_the_served_endpoint() {
     let policy = ForwardedPolicy::from_json(
         format!(r#"{{"hsts": {{"max_age": "1d"}}, "served_by": {{"nodes": {NODES}}}}}"#).as_bytes(),
@@ -149,8 +162,19 @@ fn the_served_endpoint_comes_from_the_echo_then_the_pin_then_the_property() {
     assert_eq!(served_address(None, pinned, never), pinned, "Envoy writes nothing when the pinned endpoint served");
     assert_eq!(served_address(None, None, || Some(b"127.0.0.1:8003".to_vec())), Some(addr("127.0.0.1:8003")));
     assert_eq!(served_address(Some(b"not base64!"), None, || None), None);
-    assert!(removes_echo(None, true) && removes_echo(Some(Claim::Open { forged_removed: false }), true));
-    assert!(!removes_echo(Some(Claim::DecidedEarlier), true) && !removes_echo(None, false));
+    // The echo is removed unless another filter decided (it removes the echo itself).
+    let header = SessionHeader::default();
+    let echoed = HeaderMap::from_pairs([("x-tether-session", echo.as_str())]);
+    for (headers, claim, removed) in [
+        (&echoed, Claim::Open { forged_removed: false }, true),
+        (&echoed, Claim::Open { forged_removed: true }, true),
+        (&echoed, Claim::DecidedEarlier, false),
+        (&HeaderMap::default(), Claim::Open { forged_removed: false }, false),
+    ] {
+        let mut plan = Plan::default();
+        remove_echo(&mut plan, headers, &header, claim);
+        assert_eq!(plan.edits.len(), usize::from(removed), "{claim:?}");
+    }
 }
 
 fn affinity() -> AffinityPolicy {

@@ -34,11 +34,6 @@ impl<'a> StreamFacts<'a> {
     pub fn new(host: &'a dyn Host, memo: &'a mut Memo) -> StreamFacts<'a> {
         StreamFacts { host, memo }
     }
-
-    fn upstream_address(&mut self) -> Option<Vec<u8>> {
-        let host = self.host;
-        once(&mut self.memo.upstream_address, || host.property(&UPSTREAM_ADDRESS_PROPERTY))
-    }
 }
 
 fn once<T: Clone>(slot: &mut Option<T>, ask: impl FnOnce() -> T) -> T {
@@ -52,10 +47,12 @@ impl Facts for StreamFacts<'_> {
         if let Some(known) = self.memo.served {
             return known;
         }
-        let (echo, pinned) = (self.memo.echo.take(), self.memo.pinned);
-        let served = served_address(echo.as_deref(), pinned, || self.upstream_address());
-        self.memo.echo = echo;
-        self.memo.served = Some(served);
+        let (host, memo) = (self.host, &mut *self.memo);
+        let upstream = &mut memo.upstream_address;
+        let served = served_address(memo.echo.as_deref(), memo.pinned, || {
+            once(upstream, || host.property(&UPSTREAM_ADDRESS_PROPERTY))
+        });
+        memo.served = Some(served);
         served
     }
 
@@ -131,8 +128,9 @@ impl<'a> Callback<'a> {
     }
 }
 
-/// Beyond this many edits, one `proxy_set_header_map_pairs` replaces the whole map instead of
-/// one call per edit (measured: see README, "What it costs").
+/// From this many edits on, one `proxy_set_header_map_pairs` replaces the whole map instead of
+/// one call per edit: chosen by the count of host calls (one against two or more); the CPU
+/// comparison of the two ways on Envoy is still to be run with `scripts/bench`.
 pub const BATCH_FROM: usize = 2;
 
 /// Writes a callback's edits back to the host: none, one call per edit, or the whole map in one

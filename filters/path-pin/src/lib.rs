@@ -11,7 +11,6 @@
 
 use log::debug;
 use tether_core::path_pin::{PathPinPolicy, PathPinRequest};
-use tether_core::routing::Claim;
 use tether_glue::{configure, Callback, Counter, Filter};
 
 struct Metrics {
@@ -45,7 +44,7 @@ impl Filter for PathPin {
 
     fn on_request(&self, request: &mut PathPinRequest, cx: &mut Callback<'_>, _end_of_stream: bool) {
         let (plan, decided) = self.policy.on_request(cx.headers, &mut cx.facts);
-        if decided.claim == (Claim::Open { forged_removed: true }) {
+        if decided.claim.removed_forgery() {
             self.metrics.client_session_header_removed.increment();
             debug!("path-pin: removed a client-supplied {} header", self.policy.session_header().name());
         }

@@ -10,7 +10,6 @@
 //! tether-edge runs it with the others). Every decision is `tether_core::uri_hash`'s.
 
 use log::debug;
-use tether_core::routing::Claim;
 use tether_core::uri_hash::{UriHashPolicy, UriHashRequest, UriHashResponse};
 use tether_glue::{configure, Callback, Counter, Filter, UnknownUpstream};
 
@@ -45,7 +44,7 @@ impl Filter for UriHash {
 
     fn on_request(&self, request: &mut UriHashRequest, cx: &mut Callback<'_>, _end_of_stream: bool) {
         let (plan, decided) = self.policy.on_request(cx.headers, &mut cx.facts);
-        if decided.claim == (Claim::Open { forged_removed: true }) {
+        if decided.claim.removed_forgery() {
             self.metrics.client_session_header_removed.increment();
         }
         if let Some(choice) = decided.choice {
