@@ -2,11 +2,15 @@
 
 use crate::http::admin_get;
 use crate::node::TestNode;
+use crate::wait::poll;
 use crate::{repo_root, wait_for, ScratchDir};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
+
+/// How often a Tether VM hands its counts to Envoy (tether-glue's `vm::TICK_MS`).
+pub const TICK: Duration = Duration::from_millis(tether_glue::vm::TICK_MS as u64);
 
 /// The Envoy binary: `$ENVOY_BIN`, else the project virtualenv that `scripts/setup` makes.
 pub fn envoy_bin() -> PathBuf {
@@ -131,6 +135,8 @@ pub struct EnvoyConfig {
     /// A route for GET/HEAD/OPTIONS with this `retry_on` ahead of the others: idempotent
     /// requests may be retried after they were sent (the samples use `connect-failure,reset`).
     pub idempotent_retry_on: Option<String>,
+    /// Envoy's worker threads (`--concurrency`), each with its own copy of every Wasm VM.
+    pub concurrency: u32,
 }
 
 impl EnvoyConfig {
@@ -147,6 +153,7 @@ impl EnvoyConfig {
             raw_filters: Vec::new(),
             retry_on: "connect-failure,reset".to_string(),
             idempotent_retry_on: None,
+            concurrency: 1,
         }
     }
 
@@ -342,7 +349,7 @@ impl Envoy {
     /// out (the main thread is compiling Wasm), which would leave every node marked unhealthy for
     /// the first requests and let the load balancer ignore the session header.
     pub fn start_with_env(config: &EnvoyConfig, env: &[(&str, &str)]) -> Envoy {
-        let envoy = Envoy::start_yaml(&config.yaml(), env);
+        let envoy = Envoy::launch(&config.yaml(), env, config.concurrency);
         if config.health_checks {
             for addr in &config.endpoints {
                 envoy.wait_for_endpoint_health(*addr, true);
@@ -352,6 +359,10 @@ impl Envoy {
     }
 
     pub fn start_yaml(yaml: &str, env: &[(&str, &str)]) -> Envoy {
+        Envoy::launch(yaml, env, 1)
+    }
+
+    fn launch(yaml: &str, env: &[(&str, &str)], concurrency: u32) -> Envoy {
         let dir = ScratchDir::new("envoy");
         let config_path = dir.join("envoy.yaml");
         let admin_path = dir.join("admin-address");
@@ -364,7 +375,8 @@ impl Envoy {
             .arg(&admin_path)
             .arg("--log-path")
             .arg(&log_path)
-            .args(["--use-dynamic-base-id", "--concurrency", "1", "-l", "info", "--component-log-level"])
+            .args(["--use-dynamic-base-id", "--concurrency", &concurrency.to_string()])
+            .args(["-l", "info", "--component-log-level"])
             // Tests want the filters' debug lines and health-check events; the bench sets
             // TETHER_ENVOY_COMPONENT_LOG=wasm:info so logging does not weigh on its figures.
             .arg(std::env::var("TETHER_ENVOY_COMPONENT_LOG").unwrap_or_else(|_| "wasm:debug,hc:debug".into()))
@@ -447,7 +459,28 @@ impl Envoy {
         });
     }
 
-    /// A counter or gauge from `/stats`, 0 when absent.
+    /// A Tether counter (`wasmcustom.*`) once it equals `expected`, polled for up to 5 s; else the
+    /// last value read, for `assert_eq!` to show. The filters hand their counts to Envoy on their
+    /// VM's tick ([`TICK`]), so requests already answered show within one tick.
+    pub fn counter(&self, name: &str, expected: u64) -> u64 {
+        poll(Duration::from_secs(5), || Some(self.stat(name)).filter(|&v| v == expected))
+            .unwrap_or_else(|| self.stat(name))
+    }
+
+    /// A Tether counter once it reaches at least `min` (polled as [`Envoy::counter`]).
+    pub fn counter_at_least(&self, name: &str, min: u64) -> u64 {
+        poll(Duration::from_secs(5), || Some(self.stat(name)).filter(|&v| v >= min)).unwrap_or_else(|| self.stat(name))
+    }
+
+    /// Tether counters after one whole tick from now, for counts that must stay where they are
+    /// (a 0 no poll can wait for): the tick's contract is the bound.
+    pub fn counters_after_tick<const N: usize>(&self, names: [&str; N]) -> [u64; N] {
+        std::thread::sleep(TICK + Duration::from_millis(300));
+        names.map(|name| self.stat(name))
+    }
+
+    /// A counter or gauge from `/stats`, 0 when absent (Tether's own counters lag by up to a
+    /// tick: read them with [`Envoy::counter`]).
     pub fn stat(&self, name: &str) -> u64 {
         let (_, body) =
             admin_get(self.admin, &format!("/stats?filter=^{name}$")).unwrap_or_else(|e| panic!("stats: {e}"));

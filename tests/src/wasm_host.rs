@@ -68,6 +68,9 @@ struct HostState {
     stream: Stream,
     shared_data: HashMap<Vec<u8>, (Vec<u8>, u32)>,
     metrics: Vec<(String, u64)>,
+    /// What the module asked with `proxy_set_tick_period_milliseconds` (0: no tick).
+    tick_period_ms: u32,
+    refuses_tick: bool,
     calls: BTreeMap<String, u32>,
     log: Vec<String>,
 }
@@ -84,6 +87,15 @@ const PLUGIN_CONFIGURATION: i32 = 7;
 const ROOT_ID: i32 = 1;
 const STREAM_ID: i32 = 2;
 
+/// How this host differs from Envoy, for tests of what a filter does on other hosts.
+#[derive(Debug, Clone, Default)]
+pub struct HostOptions {
+    /// WASI environment variables the module may read.
+    pub environment: Vec<(String, String)>,
+    /// Answer `Unimplemented` to `proxy_set_tick_period_milliseconds`, as a host without timers would.
+    pub refuses_tick: bool,
+}
+
 /// One filter's VM, configured as Envoy would: `_initialize`, root context, `on_vm_start`,
 /// `on_configure`.
 pub struct FilterVm {
@@ -94,7 +106,11 @@ pub struct FilterVm {
 type HostResult = Result<i32, wasmi::Error>;
 
 impl FilterVm {
-    pub fn start(module: &[u8], plugin_config: &str, environment: &[(&str, &str)]) -> Result<FilterVm, String> {
+    pub fn start(module: &[u8], plugin_config: &str) -> Result<FilterVm, String> {
+        FilterVm::start_with(module, plugin_config, &HostOptions::default())
+    }
+
+    pub fn start_with(module: &[u8], plugin_config: &str, options: &HostOptions) -> Result<FilterVm, String> {
         let mut config = Config::default();
         config.consume_fuel(true);
         // Translate everything up front: lazy translation would charge its own fuel to the
@@ -104,7 +120,8 @@ impl FilterVm {
         let module = Module::new(&engine, module).map_err(|e| format!("not a module: {e}"))?;
         let state = HostState {
             plugin_config: plugin_config.as_bytes().to_vec(),
-            environment: environment.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            environment: options.environment.clone(),
+            refuses_tick: options.refuses_tick,
             ..HostState::default()
         };
         let mut store = Store::new(&engine, state);
@@ -123,9 +140,23 @@ impl FilterVm {
         Ok(vm)
     }
 
-    /// A counter's value (`tether_path_pin.client_session_header_removed`), 0 if undefined.
+    /// A counter's value as the host holds it (`tether_path_pin.client_session_header_removed`),
+    /// 0 if undefined. Counts a ticking module keeps in the VM arrive with [`FilterVm::tick`].
     pub fn metric(&self, name: &str) -> u64 {
         self.store.data().metrics.iter().filter(|(n, _)| n == name).map(|(_, v)| v).sum()
+    }
+
+    /// The tick period the module asked for, if any.
+    pub fn tick_period_ms(&self) -> Option<u32> {
+        Some(self.store.data().tick_period_ms).filter(|&ms| ms > 0)
+    }
+
+    /// The root's timer fires once, as Envoy's would every `tick_period_ms`: what it cost.
+    pub fn tick(&mut self) -> Result<RequestCost, String> {
+        let mut cost = RequestCost::default();
+        let mut stream = Stream::default();
+        self.phase(&mut stream, &mut cost, "proxy_on_tick", &[Val::I32(ROOT_ID)])?;
+        Ok(cost)
     }
 
     /// One callback of one stream: the stream's state goes into the VM and comes back out,
@@ -527,6 +558,14 @@ fn linker(engine: &Engine, module: &Module) -> Result<Linker<HostState>, String>
             Ok(OK)
         },
     )?;
+    l.wrap("env", "proxy_set_tick_period_milliseconds", |mut c: Caller<'_, HostState>, period: i32| -> HostResult {
+        count(&mut c, "proxy_set_tick_period_milliseconds");
+        if c.data().refuses_tick {
+            return Ok(UNIMPLEMENTED);
+        }
+        c.data_mut().tick_period_ms = period as u32;
+        Ok(OK)
+    })?;
     l.wrap("env", "proxy_set_effective_context", |mut c: Caller<'_, HostState>, _id: i32| -> HostResult {
         count(&mut c, "proxy_set_effective_context");
         Ok(OK)

@@ -120,7 +120,7 @@ pub fn start_vms(chain: &[(&str, &str)]) -> Result<Vec<FilterVm>, String> {
         .map(|(filter, config)| {
             let path = wasm_path(filter);
             let module = std::fs::read(&path).map_err(|e| format!("{}: {e} (run scripts/build)", path.display()))?;
-            FilterVm::start(&module, config, &[]).map_err(|e| format!("{filter}: {e}"))
+            FilterVm::start(&module, config).map_err(|e| format!("{filter}: {e}"))
         })
         .collect()
 }
@@ -128,11 +128,22 @@ pub fn start_vms(chain: &[(&str, &str)]) -> Result<Vec<FilterVm>, String> {
 /// A returning user's request through `chain`: a first request gets the session cookie (if
 /// the chain sets one), the measured second one sends it back.
 pub fn returning_user(chain: &[(&str, &str)], path: &str) -> Result<Vec<RequestCost>, String> {
+    returning_user_and_tick(chain, path).map(|(request, _)| request)
+}
+
+/// [`returning_user`], and then what the tick that follows costs each VM (counters handed over;
+/// the clock and the counters cost a host call per tick, not per request).
+pub fn returning_user_and_tick(
+    chain: &[(&str, &str)],
+    path: &str,
+) -> Result<(Vec<RequestCost>, Vec<RequestCost>), String> {
     let mut vms = start_vms(chain)?;
     let first = run_chain(&mut vms, &get(path, None))?;
     let cookie = first
         .last()
         .and_then(|c| c.response_headers.iter().find(|(k, _)| k == "set-cookie"))
         .and_then(|(_, v)| v.split(';').next().map(String::from));
-    run_chain(&mut vms, &get(path, cookie.as_deref()))
+    let request = run_chain(&mut vms, &get(path, cookie.as_deref()))?;
+    let ticks = vms.iter_mut().map(FilterVm::tick).collect::<Result<Vec<_>, _>>()?;
+    Ok((request, ticks))
 }

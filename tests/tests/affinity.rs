@@ -63,8 +63,8 @@ fn first_response_sets_the_cookie_and_200_requests_stay_on_its_node() {
         assert_eq!(node_of(&r), home, "request {i} left its node");
         assert_eq!(our_cookie(&r), None, "no Set-Cookie while the session is fresh (request {i})");
     }
-    assert_eq!(envoy.stat("wasmcustom.tether_affinity.pinned"), 200);
-    assert_eq!(envoy.stat("wasmcustom.tether_affinity.new_sessions"), 1);
+    assert_eq!(envoy.counter("wasmcustom.tether_affinity.pinned", 200), 200);
+    assert_eq!(envoy.counter("wasmcustom.tether_affinity.new_sessions", 1), 1);
 }
 
 #[test]
@@ -82,6 +82,43 @@ fn three_hundred_new_sessions_spread_over_all_nodes() {
 }
 
 #[test]
+fn envoy_stats_show_every_workers_counts_within_a_tick() {
+    // Each worker's VM keeps its counts and hands them to Envoy on its own one-second tick
+    // (tether-glue's vm.rs): /stats must be right within one tick of the last answer, summed
+    // over the workers.
+    use std::time::{Duration, Instant};
+    use tether_e2e::envoy::TICK;
+    use tether_e2e::wait::poll;
+    const NEW: &str = "wasmcustom.tether_affinity.new_sessions";
+    let n = nodes();
+    let refs: Vec<&TestNode> = n.iter().collect();
+    let mut config = EnvoyConfig::new(vec![WasmFilter::new("affinity", &signed(&n, ""))], &refs).with_routing(HEADER);
+    config.concurrency = 2;
+    let envoy = Envoy::start(&config);
+    let requests = 60;
+    for _ in 0..requests {
+        assert!(our_cookie(&get(&envoy, "/", &[])).is_some()); // a new session each: counted
+    }
+    let answered = Instant::now();
+    let seen = poll(TICK * 5, || (envoy.stat(NEW) == requests).then(Instant::now));
+    let lag = seen.map(|at| at - answered);
+    assert!(
+        lag.is_some_and(|lag| lag <= TICK + Duration::from_millis(500)),
+        "{NEW} = {} after {:?} (expected {requests} within a tick)",
+        envoy.stat(NEW),
+        answered.elapsed()
+    );
+    // The listener binds port 0, and its stats carry the configured address.
+    let per_worker = |w: u32| envoy.stat(&format!("listener.127.0.0.1_0.worker_{w}.downstream_cx_total"));
+    assert!(
+        per_worker(0) > 0 && per_worker(1) > 0,
+        "both workers took connections: {}, {}",
+        per_worker(0),
+        per_worker(1)
+    );
+}
+
+#[test]
 fn unhealthy_node_redispatches_and_the_session_stays_moved() {
     let n = nodes();
     let envoy = envoy_with(&n, vec![WasmFilter::new("affinity", &signed(&n, ""))]);
@@ -94,7 +131,7 @@ fn unhealthy_node_redispatches_and_the_session_stays_moved() {
     assert_ne!(node_of(&moved), home.name);
     let new_cookie = our_cookie(&moved).expect("redispatch re-issues the cookie");
     assert_ne!(new_cookie, cookie);
-    assert_eq!(envoy.stat("wasmcustom.tether_affinity.redispatched"), 1);
+    assert_eq!(envoy.counter("wasmcustom.tether_affinity.redispatched", 1), 1);
     home.set_healthy(true);
     envoy.wait_for_health(home, true);
     for _ in 0..20 {
@@ -159,9 +196,9 @@ fn tampered_expired_and_unknown_node_cookies_start_new_sessions() {
         let r = get(&envoy, "/", &[("cookie", cookie)]);
         assert!(our_cookie(&r).is_some(), "{what}: a fresh cookie is issued");
     }
-    assert_eq!(envoy.stat("wasmcustom.tether_affinity.invalid_cookie"), 2);
-    assert_eq!(envoy.stat("wasmcustom.tether_affinity.expired_cookie"), 1);
-    assert_eq!(envoy.stat("wasmcustom.tether_affinity.redispatched"), 1, "unknown node moves the session");
+    assert_eq!(envoy.counter("wasmcustom.tether_affinity.invalid_cookie", 2), 2);
+    assert_eq!(envoy.counter("wasmcustom.tether_affinity.expired_cookie", 1), 1);
+    assert_eq!(envoy.counter("wasmcustom.tether_affinity.redispatched", 1), 1, "unknown node moves the session");
     // Odd spacing, duplicates and a quoted value still find the genuine cookie.
     let value = good.trim_start_matches("SERVERID=");
     let home = node_of(&get(&envoy, "/", &[("cookie", &good)]));
@@ -234,7 +271,7 @@ fn a_forged_session_header_without_cookie_steers_nothing() {
         assert!(echoed_headers(&r).iter().all(|(h, _)| h != HEADER), "the node received the forged header");
         assert_eq!(r.header(HEADER), None);
     }
-    assert_eq!(envoy.stat("wasmcustom.tether_affinity.client_session_header_removed"), 10);
+    assert_eq!(envoy.counter("wasmcustom.tether_affinity.client_session_header_removed", 10), 10);
 }
 
 #[test]
@@ -299,7 +336,7 @@ fn a_pinned_git_request_does_not_move_the_browsers_session() {
         assert_eq!(our_cookie(&r), None, "and the browser's cookie is left alone");
     }
     let _ = curl(&["-s", &envoy.url("/")], None);
-    assert_eq!(envoy.stat("wasmcustom.tether_affinity.redispatched"), 0);
+    assert_eq!(envoy.counters_after_tick(["wasmcustom.tether_affinity.redispatched"]), [0]);
 }
 
 /// RFC 6265 forbids several `Cookie` lines, but some clients send them: our cookie is found on

@@ -81,7 +81,7 @@ fn content_length_over_limit_is_413_before_any_upstream_request() {
     s.assert_413_names_limit(&r, MIB);
     assert_eq!(s.envoy.stat("cluster.nodes.upstream_rq_total"), before, "an upstream request was made");
     s.assert_never_reached_node("/upload/over");
-    assert_eq!(s.envoy.stat("wasmcustom.tether_body_limit.rejected.declared_too_large"), 1);
+    assert_eq!(s.envoy.counter("wasmcustom.tether_body_limit.rejected.declared_too_large", 1), 1);
 }
 
 #[test]
@@ -122,7 +122,7 @@ fn chunked_one_byte_over_limit_is_413_and_the_node_never_gets_more_than_the_limi
         assert!(seen.body_bytes <= MIB, "node received {} bytes", seen.body_bytes);
         assert_eq!(seen.state, "aborted", "the node must not see a complete request");
     }
-    assert_eq!(s.envoy.stat("wasmcustom.tether_body_limit.rejected.streamed_too_large"), 1);
+    assert_eq!(s.envoy.counter("wasmcustom.tether_body_limit.rejected.streamed_too_large", 1), 1);
 }
 
 #[test]

@@ -65,10 +65,10 @@ fn the_edge_module_runs_the_overleaf_chain_in_one_vm() {
     assert_eq!(refused.status(), 413, "{refused:?}");
     assert!(refused.header("strict-transport-security").is_some(), "the local reply passed forwarded: {refused:?}");
     // The filters' own metrics.
-    assert_eq!(envoy.stat("wasmcustom.tether_affinity.new_sessions"), 1);
-    assert_eq!(envoy.stat("wasmcustom.tether_uri_hash.hashed"), 5);
-    assert_eq!(envoy.stat("wasmcustom.tether_path_pin.pinned.git"), 5);
-    assert_eq!(envoy.stat("wasmcustom.tether_body_limit.rejected.declared_too_large"), 1);
+    assert_eq!(envoy.counter("wasmcustom.tether_affinity.new_sessions", 1), 1);
+    assert_eq!(envoy.counter("wasmcustom.tether_uri_hash.hashed", 5), 5);
+    assert_eq!(envoy.counter("wasmcustom.tether_path_pin.pinned.git", 5), 5);
+    assert_eq!(envoy.counter("wasmcustom.tether_body_limit.rejected.declared_too_large", 1), 1);
     assert!(envoy.error_lines().is_empty(), "{:?}", envoy.error_lines());
 }
 

@@ -4,18 +4,20 @@
 //! starts making a host call too many; these counts are not.
 
 use std::collections::BTreeMap;
-use tether_e2e::wasm_host::{run_chain, RequestCost};
+use tether_e2e::envoy::wasm_path;
+use tether_e2e::wasm_host::{run_chain, FilterVm, HostOptions, RequestCost};
 use tether_e2e::workload::{get, nodes_table, returning_user, start_vms, OverleafFilters, NODES, SESSION_HEADER};
 
 const PROJECT: &str = "/project/5f3c/output/output.pdf";
 
 // Host calls per request (target/bench/host-calls.md has the counts). Before the plans and the
-// one host adapter: forwarded 12, path-pin 4, uri-hash 10, affinity 9, tether-edge 16.
+// one host adapter: forwarded 12, path-pin 4, uri-hash 10, affinity 9, tether-edge 16; before
+// counters and the clock moved to the tick: uri-hash 7, affinity 5, tether-edge 8.
 const BUDGET_FORWARDED: u32 = 7;
 const BUDGET_PATH_PIN: u32 = 3;
-const BUDGET_URI_HASH: u32 = 7;
-const BUDGET_AFFINITY: u32 = 5;
-const BUDGET_EDGE: u32 = 8;
+const BUDGET_URI_HASH: u32 = 5;
+const BUDGET_AFFINITY: u32 = 3;
+const BUDGET_EDGE: u32 = 6;
 
 fn alone(filter: &str, path: &str) -> RequestCost {
     let filters = OverleafFilters::new(&nodes_table());
@@ -155,9 +157,13 @@ fn edge_sees_the_changes_its_filters_made_to_the_shared_headers() {
     forged.request_headers.push((SESSION_HEADER.to_string(), "MTI3LjAuMC4xOjgwMDM=".to_string()));
     let mut edge = start_vms(&[("edge", &filters.edge())]).unwrap_or_else(|e| panic!("{e}"));
     let edge_costs = run_chain(&mut edge, &forged).unwrap_or_else(|e| panic!("{e}"));
+    edge[0].tick().unwrap_or_else(|e| panic!("{e}"));
     let edge_count: u64 = REMOVED.iter().map(|m| edge[0].metric(m)).sum();
     let mut chain = start_vms(&filters.chain()).unwrap_or_else(|e| panic!("{e}"));
     let chain_costs = run_chain(&mut chain, &forged).unwrap_or_else(|e| panic!("{e}"));
+    for vm in &mut chain {
+        vm.tick().unwrap_or_else(|e| panic!("{e}"));
+    }
     let chain_count: u64 = REMOVED.iter().flat_map(|m| chain.iter().map(move |vm| vm.metric(m))).sum();
     assert_eq!((edge_count, chain_count), (1, 1));
     // Neither forwards the forged value; both leave the routing header to affinity's choice.
@@ -175,4 +181,54 @@ fn sum(costs: &[RequestCost]) -> BTreeMap<String, u32> {
         }
     }
     all
+}
+
+fn affinity_vm(options: &HostOptions) -> FilterVm {
+    let config = OverleafFilters::new(&nodes_table()).affinity;
+    let module = std::fs::read(wasm_path("affinity")).unwrap_or_else(|e| panic!("run scripts/build: {e}"));
+    FilterVm::start_with(&module, &config, options).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn one(vm: &mut FilterVm) -> RequestCost {
+    let mut costs = run_chain(std::slice::from_mut(vm), &get("/", None)).unwrap_or_else(|e| panic!("{e}"));
+    costs.pop().unwrap_or_else(|| panic!("no cost"))
+}
+
+#[test]
+fn counters_and_the_clock_cost_a_host_call_per_tick_not_per_request() {
+    const NEW: &str = "tether_affinity.new_sessions";
+    const CLOCK: &str = "proxy_get_current_time_nanoseconds";
+    let mut vm = affinity_vm(&HostOptions::default());
+    assert_eq!(vm.tick_period_ms(), Some(1000), "the module asks for a one-second tick");
+    // Two new sessions in one tick: one clock read, no increment, nothing in the host's stats yet.
+    let first = one(&mut vm);
+    let second = one(&mut vm);
+    assert_eq!(calls(std::slice::from_ref(&first), CLOCK), 1, "{:?}", first.host_calls);
+    assert_eq!(calls(std::slice::from_ref(&second), CLOCK), 0, "{:?}", second.host_calls);
+    assert_eq!(calls(&[first, second], "proxy_increment_metric"), 0);
+    assert_eq!(vm.metric(NEW), 0, "held in the VM until the tick");
+    // The tick hands both counts over in one call, and the next stream reads the clock anew.
+    let tick = vm.tick().unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(tick.host_calls, BTreeMap::from([("proxy_increment_metric".to_string(), 1)]));
+    assert_eq!(vm.metric(NEW), 2);
+    assert_eq!(calls(&[one(&mut vm)], CLOCK), 1);
+    let third = vm.tick().unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(third.host_calls.get("proxy_increment_metric"), Some(&1));
+    assert_eq!(vm.tick().unwrap_or_else(|e| panic!("{e}")).total_host_calls(), 0, "nothing moved: no call");
+}
+
+#[test]
+fn a_host_without_a_tick_gets_every_count_and_a_fresh_clock_at_once() {
+    // Nothing would ever hand the counts over, or renew the clock: both go direct.
+    let mut vm = affinity_vm(&HostOptions { refuses_tick: true, ..HostOptions::default() });
+    for n in 1..=2 {
+        let cost = one(&mut vm);
+        assert_eq!(
+            calls(std::slice::from_ref(&cost), "proxy_get_current_time_nanoseconds"),
+            1,
+            "{:?}",
+            cost.host_calls
+        );
+        assert_eq!(vm.metric("tether_affinity.new_sessions"), n);
+    }
 }

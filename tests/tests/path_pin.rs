@@ -117,10 +117,15 @@ fn git_clone_and_push_through_envoy_reach_the_sibling_node() {
     for other in &c.nodes[1..] {
         assert!(other.requests().iter().all(|r| !r.path.starts_with("/git/")), "{} saw git traffic", other.name);
     }
-    assert_eq!(envoy.stat("wasmcustom.tether_path_pin.pinned.git"), git_requests as u64);
-    assert_eq!(envoy.stat("wasmcustom.tether_path_pin.pinned_node_did_not_serve"), 0);
-    assert_eq!(envoy.stat("wasmcustom.tether_affinity.redispatched"), 0, "git traffic never moves the session");
-    assert_eq!(envoy.stat("wasmcustom.tether_affinity.pinned"), 0, "affinity left every git request alone");
+    assert_eq!(envoy.counter("wasmcustom.tether_path_pin.pinned.git", git_requests as u64), git_requests as u64);
+    let [did_not_serve, redispatched, pinned] = envoy.counters_after_tick([
+        "wasmcustom.tether_path_pin.pinned_node_did_not_serve",
+        "wasmcustom.tether_affinity.redispatched",
+        "wasmcustom.tether_affinity.pinned",
+    ]);
+    assert_eq!(did_not_serve, 0);
+    assert_eq!(redispatched, 0, "git traffic never moves the session");
+    assert_eq!(pinned, 0, "affinity left every git request alone");
 }
 
 #[test]
@@ -138,7 +143,7 @@ fn requests_outside_the_rules_are_left_to_the_load_balancer() {
         served_by.insert(echo["node"].as_str().unwrap().to_string());
     }
     assert!(served_by.len() >= 2, "30 unpinned requests all went to {served_by:?}");
-    assert_eq!(envoy.stat("wasmcustom.tether_path_pin.pinned.git"), 0);
+    assert_eq!(envoy.counters_after_tick(["wasmcustom.tether_path_pin.pinned.git"]), [0]);
 }
 
 #[test]
@@ -158,7 +163,7 @@ fn a_client_cannot_steer_with_the_session_header() {
         assert!(!seen, "the node received the client's session header: {echo}");
         assert_eq!(r.header(HEADER), None);
     }
-    assert_eq!(envoy.stat("wasmcustom.tether_path_pin.client_session_header_removed"), 11);
+    assert_eq!(envoy.counter("wasmcustom.tether_path_pin.client_session_header_removed", 11), 11);
 }
 
 #[test]
@@ -186,7 +191,7 @@ fn unhealthy_sibling_falls_back_to_another_node() {
     // Another node answered (it has no repository: 404 with its own name).
     assert_ne!(r.header("x-node"), Some("node-1"), "status {}", r.status());
     assert!(r.header("x-node").is_some(), "no node answered: {} {}", r.status(), String::from_utf8_lossy(&r.body));
-    assert_eq!(envoy.stat("wasmcustom.tether_path_pin.pinned_node_did_not_serve"), 1);
+    assert_eq!(envoy.counter("wasmcustom.tether_path_pin.pinned_node_did_not_serve", 1), 1);
     c.nodes[0].set_healthy(true);
     envoy.wait_for_health(&c.nodes[0], true);
     let r = curl(&[&envoy.url("/git/repo.git/info/refs?service=git-upload-pack")], None);

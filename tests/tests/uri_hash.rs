@@ -49,7 +49,7 @@ fn every_project_sticks_to_one_node_and_projects_spread() {
     }
     let used: BTreeSet<&String> = home.values().collect();
     assert_eq!(used.len(), 3, "30 projects should use all three nodes: {home:?}");
-    assert_eq!(envoy.stat("wasmcustom.tether_uri_hash.hashed"), 1500);
+    assert_eq!(envoy.counter("wasmcustom.tether_uri_hash.hashed", 1500), 1500);
 }
 
 #[test]
@@ -65,7 +65,7 @@ fn unhealthy_node_fails_over_to_one_node_and_comes_back_after_the_cooldown() {
     let first = node_of(&get(&envoy, project));
     assert_ne!(first, home_name);
     wait_for("the failover to be recorded", Duration::from_secs(5), || {
-        (envoy.stat("wasmcustom.tether_uri_hash.failovers") >= 1).then_some(())
+        (envoy.stat("wasmcustom.tether_uri_hash.failovers") >= 1).then_some(()) // within a tick
     });
     let mut during = BTreeSet::new();
     for i in 0..30 {
@@ -73,7 +73,7 @@ fn unhealthy_node_fails_over_to_one_node_and_comes_back_after_the_cooldown() {
     }
     assert_eq!(during.len(), 1, "while {home_name} is down the project should stay on one node: {during:?}");
     assert!(!during.contains(&home_name));
-    assert!(envoy.stat("wasmcustom.tether_uri_hash.routed_away") >= 30);
+    assert!(envoy.counter_at_least("wasmcustom.tether_uri_hash.routed_away", 30) >= 30);
     home.set_healthy(true);
     envoy.wait_for_health(home, true);
     // After the 5 s cooldown (long enough that the 30 requests above never straddle its end on
@@ -99,7 +99,7 @@ fn paths_outside_the_prefixes_are_untouched() {
         seen.insert(node_of(&r));
     }
     assert!(seen.len() >= 2, "the load balancer spreads them: {seen:?}");
-    assert_eq!(envoy.stat("wasmcustom.tether_uri_hash.hashed"), 0);
+    assert_eq!(envoy.counters_after_tick(["wasmcustom.tether_uri_hash.hashed"]), [0]);
 }
 
 #[test]

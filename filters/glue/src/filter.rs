@@ -54,13 +54,26 @@ impl<F: Filter> Default for Root<F> {
     }
 }
 
-impl<F: Filter> Context for Root<F> {}
+impl<F: Filter> Context for Root<F> {
+    /// The VM is going away: counts not yet handed over go now.
+    fn on_done(&mut self) -> bool {
+        crate::vm::flush();
+        true
+    }
+}
 
 impl<F: Filter> RootContext for Root<F> {
     fn on_configure(&mut self, _size: usize) -> bool {
         let Some(json) = crate::plugin_configuration() else { return false };
         self.filter = F::from_config(&json).map(Rc::new);
+        if self.filter.is_some() {
+            crate::vm::start_ticking();
+        }
         self.filter.is_some()
+    }
+
+    fn on_tick(&mut self) {
+        crate::vm::tick();
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {

@@ -91,8 +91,9 @@ impl Host for ProxyWasmHost {
         }
     }
 
+    /// Read once per tick (crate::vm).
     fn now_ms(&self) -> u64 {
-        raw::now_ns().map_or(0, |ns| ns / 1_000_000)
+        crate::vm::now_ms()
     }
 
     fn send_reply(&self, reply: &LocalReply) {
@@ -117,7 +118,7 @@ impl Host for ProxyWasmHost {
 /// The ABI calls (proxy-wasm 0.2.1), each answering its status.
 #[cfg(target_arch = "wasm32")]
 #[allow(unsafe_code)]
-mod raw {
+pub(crate) mod raw {
     pub const OK: u32 = 0;
 
     #[link(wasm_import_module = "env")]
@@ -130,6 +131,9 @@ mod raw {
         fn proxy_get_property(path: *const u8, path_size: usize, data: *mut *mut u8, size: *mut usize) -> u32;
         fn proxy_set_property(path: *const u8, path_size: usize, value: *const u8, value_size: usize) -> u32;
         fn proxy_get_current_time_nanoseconds(time: *mut u64) -> u32;
+        fn proxy_set_tick_period_milliseconds(period: u32) -> u32;
+        fn proxy_define_metric(kind: u32, name: *const u8, name_size: usize, id: *mut u32) -> u32;
+        fn proxy_increment_metric(id: u32, offset: i64) -> u32;
         fn proxy_get_shared_data(k: *const u8, ks: usize, data: *mut *mut u8, size: *mut usize, cas: *mut u32) -> u32;
         fn proxy_set_shared_data(k: *const u8, ks: usize, v: *const u8, vs: usize, cas: u32) -> u32;
         #[allow(clippy::too_many_arguments)]
@@ -204,6 +208,28 @@ mod raw {
         (unsafe { proxy_get_current_time_nanoseconds(&mut ns) } == OK).then_some(ns)
     }
 
+    pub fn set_tick_period_ms(period: u32) -> u32 {
+        // SAFETY: plain values.
+        unsafe { proxy_set_tick_period_milliseconds(period) }
+    }
+
+    /// A counter (proxy-wasm metric type 0) named `name`: its id, or the host's status.
+    pub fn define_counter(name: &[u8]) -> Result<u32, u32> {
+        let mut id = 0u32;
+        // SAFETY: the host reads the live name and writes one u32 into the live local.
+        let status = unsafe { proxy_define_metric(0, name.as_ptr(), name.len(), &mut id) };
+        if status == OK {
+            Ok(id)
+        } else {
+            Err(status)
+        }
+    }
+
+    pub fn increment_metric(id: u32, by: u64) -> u32 {
+        // SAFETY: plain values.
+        unsafe { proxy_increment_metric(id, i64::try_from(by).unwrap_or(i64::MAX)) }
+    }
+
     pub fn get_shared_data(key: &[u8]) -> (Option<Vec<u8>>, Option<u32>) {
         let (mut data, mut size, mut cas): (*mut u8, usize, u32) = (std::ptr::null_mut(), 0, 0);
         // SAFETY: the host reads the live key and writes a pointer, a size and a token.
@@ -239,7 +265,7 @@ mod raw {
 
 /// Outside Wasm there is no host: everything is absent and every write refused.
 #[cfg(not(target_arch = "wasm32"))]
-mod raw {
+pub(crate) mod raw {
     pub const OK: u32 = 0;
     const UNIMPLEMENTED: u32 = 12;
 
@@ -266,6 +292,15 @@ mod raw {
     }
     pub fn now_ns() -> Option<u64> {
         None
+    }
+    pub fn set_tick_period_ms(_: u32) -> u32 {
+        UNIMPLEMENTED
+    }
+    pub fn define_counter(_: &[u8]) -> Result<u32, u32> {
+        Err(UNIMPLEMENTED)
+    }
+    pub fn increment_metric(_: u32, _: u64) -> u32 {
+        UNIMPLEMENTED
     }
     pub fn get_shared_data(_: &[u8]) -> (Option<Vec<u8>>, Option<u32>) {
         (None, None)

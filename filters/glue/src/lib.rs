@@ -6,6 +6,7 @@
 pub mod filter;
 pub mod host;
 pub mod stream;
+pub mod vm;
 
 pub use filter::{Filter, Root, Stream};
 pub use host::{Host, Map, ProxyWasmHost};
@@ -20,33 +21,9 @@ pub use stream::{Callback, StreamFacts};
 #[global_allocator]
 static ALLOCATOR: talc::wasm::WasmDynamicTalc = talc::wasm::new_wasm_dynamic_allocator();
 
-use log::warn;
 use proxy_wasm::hostcalls;
-use proxy_wasm::types::{BufferType, MetricType};
-
-/// A proxy-wasm counter (`wasmcustom.<name>` in Envoy's `/stats`). If the host refuses to
-/// define it, the filter keeps working and the counter stays silent.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Counter(Option<u32>);
-
-impl Counter {
-    pub fn define(name: &str) -> Counter {
-        match hostcalls::define_metric(MetricType::Counter, name) {
-            Ok(id) => Counter(Some(id)),
-            Err(status) => {
-                warn!("cannot define metric {name}: {status:?}");
-                Counter(None)
-            }
-        }
-    }
-
-    /// One host call. A failed increment loses one count; not worth failing a request over.
-    pub fn increment(self) {
-        if let Some(id) = self.0 {
-            let _ = hostcalls::increment_metric(id, 1);
-        }
-    }
-}
+use proxy_wasm::types::BufferType;
+pub use vm::Counter;
 
 /// An upstream address missing from a filter's nodes table: the table and the cluster's
 /// endpoints disagree, so the filter cannot name the node that served. Counted every time
@@ -72,7 +49,7 @@ impl UnknownUpstream {
     pub fn report(&self, address: &std::net::SocketAddr, consequence: &str) {
         self.counter.increment();
         if !self.warned.replace(true) {
-            warn!(
+            log::warn!(
                 "{}: upstream {} is not in the nodes table: the table must list the cluster's endpoints; {consequence}",
                 self.filter.trim_start_matches("tether_").replace('_', "-"),
                 address

@@ -330,12 +330,11 @@ fn main() {
         last as f64 / 1024.0,
         (last as f64 - warm as f64) / 1024.0
     );
-    let stats: BTreeMap<&str, u64> = [
-        ("tether_affinity.redispatched", envoy.stat("wasmcustom.tether_affinity.redispatched")),
-        ("tether_affinity.pinned", envoy.stat("wasmcustom.tether_affinity.pinned")),
-    ]
-    .into_iter()
-    .collect();
+    // Tether's counters reach Envoy on each VM's tick.
+    let [redispatched, pinned] =
+        envoy.counters_after_tick(["wasmcustom.tether_affinity.redispatched", "wasmcustom.tether_affinity.pinned"]);
+    let stats: BTreeMap<&str, u64> =
+        [("tether_affinity.redispatched", redispatched), ("tether_affinity.pinned", pinned)].into_iter().collect();
     println!("Counters: {stats:?}");
     let failed =
         get(&t.get_failures) > 0 || replayed > 0 || moved_other > 0 || went_back > 0 || rows.iter().any(|r| !r.3);

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use tether_e2e::repo_root;
 use tether_e2e::wasm_host::RequestCost;
-use tether_e2e::workload::{nodes_table, returning_user, OverleafFilters};
+use tether_e2e::workload::{nodes_table, returning_user_and_tick, OverleafFilters};
 
 /// (arm, its chain of (filter crate, configuration), request path).
 type Arm<'a> = (&'a str, Vec<(&'a str, &'a str)>, &'a str);
@@ -28,24 +28,28 @@ fn main() {
     let mut out = String::from(
         "# Host calls per request\n\nCounted by running each filter's release `.wasm` in an interpreter that stands in for \
          Envoy (tests/src/wasm_host.rs): a returning user's GET, as in `scripts/bench`. Exact and repeatable; \
-         each VM entry and host call costs Envoy roughly 1–4 µs on the benchmark machine.\n\n\
-         | arm | VM entries | host calls | of which | Wasm instructions |\n|---|---|---|---|---|\n",
+         each VM entry and host call costs Envoy roughly 1–4 µs on the benchmark machine. Counters and the \
+         clock cost a host call per VM per tick (every second), not per request: the last column is what \
+         the tick after the two requests cost (one `increment_metric` per counter that moved).\n\n\
+         | arm | VM entries | host calls | of which | Wasm instructions | per tick |\n|---|---|---|---|---|---|\n",
     );
     // COSTS_ONLY=affinity: one arm (with TETHER_COST_TRACE=1, its host calls in order).
     if let Ok(only) = std::env::var("COSTS_ONLY") {
         arms.retain(|(arm, _, _)| only.split(',').any(|o| o == *arm));
     }
     for (arm, chain, path) in &arms {
-        let costs = returning_user(chain, path).unwrap_or_else(|e| panic!("{arm}: {e}"));
+        let (costs, ticks) = returning_user_and_tick(chain, path).unwrap_or_else(|e| panic!("{arm}: {e}"));
         let total = sum(&costs);
         let by_name: Vec<String> = total.host_calls.iter().map(|(n, c)| format!("{} {c}", short(n))).collect();
+        let tick = sum(&ticks);
         let _ = writeln!(
             out,
-            "| {arm} | {} | {} | {} | {} |",
+            "| {arm} | {} | {} | {} | {} | {} host calls |",
             total.vm_entries.len(),
             total.total_host_calls(),
             by_name.join(", "),
-            total.instructions
+            total.instructions,
+            tick.total_host_calls()
         );
     }
     let dir = repo_root().join("target/bench");

@@ -1,0 +1,121 @@
+//! What one VM keeps between its streams: counter increments not yet handed to the host, and
+//! the wall clock read at most once per tick. Both trade a host call per request for at most
+//! one per tick ([`TICK_MS`]): Envoy's `/stats` shows a count within one tick of the request
+//! that made it, and the clock that `maxidle` and the cookie's timestamp see is at most one tick
+//! old (both count whole seconds, as HAProxy does).
+//!
+//! Envoy runs one VM per worker thread, each with its own root context and its own tick, so a
+//! worker flushes its own counts. A host that refuses the tick (`proxy_set_tick_period_milliseconds`
+//! not OK) gets the direct way: one host call per increment and a clock read per stream.
+
+use crate::host::raw;
+use std::cell::{Cell, RefCell};
+
+/// The tick period: how stale `/stats` and the clock may be.
+pub const TICK_MS: u32 = 1000;
+
+struct Vm {
+    /// The host ticks this VM: counts wait for the tick, the clock is kept until it.
+    ticking: Cell<bool>,
+    clock_ms: Cell<Option<u64>>,
+    /// (metric id, increments not yet handed over), one slot per defined counter.
+    pending: RefCell<Vec<(u32, u64)>>,
+}
+
+thread_local! {
+    // Envoy gives each VM one thread; without Wasm atomics this is a plain static.
+    static VM: Vm = const {
+        Vm { ticking: Cell::new(false), clock_ms: Cell::new(None), pending: RefCell::new(Vec::new()) }
+    };
+}
+
+/// Asks the host to tick this VM every [`TICK_MS`] (from the root's `on_configure`); `false`
+/// (and a log line) if it will not, and everything stays direct.
+pub fn start_ticking() -> bool {
+    let status = raw::set_tick_period_ms(TICK_MS);
+    let ticking = status == raw::OK;
+    if !ticking {
+        log::warn!(
+            "the host refused a {TICK_MS} ms tick (status {status}): counters and the clock cost a host call each"
+        );
+    }
+    VM.with(|vm| vm.ticking.set(ticking));
+    ticking
+}
+
+/// The root's `on_tick`: hands the counts over and lets the next stream read the clock anew.
+pub fn tick() {
+    VM.with(|vm| vm.clock_ms.set(None));
+    flush();
+}
+
+/// Hands every pending count to the host (one call per counter that moved).
+pub fn flush() {
+    VM.with(|vm| {
+        for (id, count) in vm.pending.borrow_mut().iter_mut().filter(|(_, count)| *count > 0) {
+            // A refused increment loses these counts; not worth more than the log line.
+            let status = raw::increment_metric(*id, std::mem::take(count));
+            if status != raw::OK {
+                log::debug!("cannot increment metric {id}: status {status}");
+            }
+        }
+    });
+}
+
+/// Wall-clock Unix milliseconds: read once per tick while the host ticks, else every time.
+pub fn now_ms() -> u64 {
+    VM.with(|vm| {
+        if let Some(ms) = vm.clock_ms.get() {
+            return ms;
+        }
+        let ms = raw::now_ns().map_or(0, |ns| ns / 1_000_000);
+        if vm.ticking.get() {
+            vm.clock_ms.set(Some(ms));
+        }
+        ms
+    })
+}
+
+/// A proxy-wasm counter (`wasmcustom.<name>` in Envoy's `/stats`). If the host refuses to
+/// define it, the filter keeps working and the counter stays silent.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Counter(Option<Slot>);
+
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    id: u32,
+    index: usize,
+}
+
+impl Counter {
+    pub fn define(name: &str) -> Counter {
+        match raw::define_counter(name.as_bytes()) {
+            Ok(id) => Counter(Some(Slot {
+                id,
+                index: VM.with(|vm| {
+                    let mut pending = vm.pending.borrow_mut();
+                    pending.push((id, 0));
+                    pending.len() - 1
+                }),
+            })),
+            Err(status) => {
+                log::warn!("cannot define metric {name}: status {status}");
+                Counter(None)
+            }
+        }
+    }
+
+    /// Counted in the VM until the next tick; directly (one host call) if the host does not tick.
+    pub fn increment(self) {
+        let Some(slot) = self.0 else { return };
+        VM.with(|vm| {
+            if vm.ticking.get() {
+                if let Some((_, count)) = vm.pending.borrow_mut().get_mut(slot.index) {
+                    *count += 1;
+                }
+            } else {
+                let _ = raw::increment_metric(slot.id, 1);
+            }
+        });
+    }
+}
