@@ -337,7 +337,9 @@ fn headers_mut(state: &mut HostState, map: i32) -> Option<&mut Vec<(String, Stri
 
 /// proxy-wasm's header map encoding, as the filters read it (tether-glue).
 fn encode_map(pairs: &[(String, String)]) -> Vec<u8> {
-    tether_core::headers::HeaderMap::encode(pairs.iter().map(|(k, v)| (k.as_bytes(), v.as_bytes())))
+    tether_core::headers::HeaderMap::encode(
+        &pairs.iter().map(|(k, v)| (k.as_bytes(), v.as_bytes())).collect::<Vec<_>>(),
+    )
 }
 
 /// The linker being built, and which imports it implements so far (the rest get a stub).

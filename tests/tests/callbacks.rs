@@ -8,7 +8,7 @@ use tether_e2e::wasm_exports::{export_names, filter_callbacks, release_wasm, Fil
 const TRIMMED: [&str; 6] = [
     "tether-affinity-module",
     "tether-body-limit-module",
-    "tether-edge",
+    "tether-edge-module",
     "tether-forwarded-module",
     "tether-path-pin-module",
     "tether-uri-hash-module",
@@ -72,10 +72,11 @@ fn each_list_is_exactly_what_the_sources_implement() {
 #[test]
 fn edge_exports_every_callback_one_of_its_filters_needs() {
     let filters = filters();
-    let edge = filters.iter().find(|f| f.package == "tether-edge").map(|f| f.callbacks.clone()).unwrap_or_default();
+    let edge =
+        filters.iter().find(|f| f.package == "tether-edge-module").map(|f| f.callbacks.clone()).unwrap_or_default();
     let union: BTreeSet<String> = filters
         .iter()
-        .filter(|f| f.package != "tether-edge" && TRIMMED.contains(&f.package.as_str()))
+        .filter(|f| f.package != "tether-edge-module" && TRIMMED.contains(&f.package.as_str()))
         .flat_map(|f| f.callbacks.clone())
         .collect();
     assert_eq!(edge.into_iter().collect::<BTreeSet<_>>(), union);

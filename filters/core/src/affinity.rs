@@ -12,9 +12,10 @@ use crate::headers::HeaderMap;
 use crate::nodes::{Node, Nodes};
 use crate::plan::{Facts, Plan};
 use crate::routing::{self, session_value, Claim, SessionHeader};
-use crate::token::{self, Claims, Key};
+use crate::token::{Claims, Key, Keys};
 use serde::Deserialize;
 use std::net::SocketAddr;
+use std::rc::Rc;
 
 pub const DEFAULT_COOKIE_NAME: &str = "SERVERID";
 
@@ -102,7 +103,7 @@ impl Default for CookieConfig {
 pub struct CookieSettings {
     pub name: String,
     pub format: Format,
-    keys: Vec<Key>,
+    keys: Keys,
     maxidle_secs: Option<u64>,
     maxlife_secs: Option<u64>,
     refresh_secs: Option<u64>,
@@ -144,7 +145,7 @@ pub struct AffinityPolicy {
     session_header: SessionHeader,
     nodes: Nodes,
     /// `base64(ip:port)` per node, in table order.
-    session_values: Vec<String>,
+    session_values: Vec<Rc<str>>,
     cookie: CookieSettings,
 }
 
@@ -243,9 +244,9 @@ impl AffinityPolicy {
             session_values,
             nodes: config.nodes,
             cookie: CookieSettings {
+                keys: Keys::new(keys, &c.name),
                 name: c.name,
                 format: c.format,
-                keys,
                 maxidle_secs: maxidle,
                 maxlife_secs: secs(c.maxlife),
                 refresh_secs: refresh,
@@ -278,8 +279,8 @@ impl AffinityPolicy {
     }
 
     /// The session header value for node `index`.
-    pub fn session_value(&self, index: usize) -> Option<&str> {
-        self.session_values.get(index).map(String::as_str)
+    pub fn session_value(&self, index: usize) -> Option<&Rc<str>> {
+        self.session_values.get(index)
     }
 
     /// Reads our cookie from the `Cookie` header. `now` (Unix seconds) is only asked for when
@@ -296,7 +297,7 @@ impl AffinityPolicy {
                     let name = value.split(|&b| b == b'|').next().unwrap_or_default();
                     std::str::from_utf8(name).ok().map(|n| Claims { node: n.to_string(), first_seen: 0, last_seen: 0 })
                 }
-                Format::Signed => token::verify(&self.cookie.keys, &self.cookie.name, value),
+                Format::Signed => self.cookie.keys.verify(value),
             };
             let Some(claims) = claims else {
                 if state == CookieState::Absent {
@@ -351,8 +352,7 @@ impl AffinityPolicy {
         let value = match self.cookie.format {
             Format::Plain => served.name.clone(),
             Format::Signed => {
-                let key = self.cookie.keys.first()?;
-                token::sign(key, &self.cookie.name, &Claims { node: served.name.clone(), first_seen, last_seen: now })
+                self.cookie.keys.sign(&Claims { node: served.name.clone(), first_seen, last_seen: now })?
             }
         };
         let mut attributes = self.cookie.attributes.clone();
@@ -628,7 +628,7 @@ mod tests {
     fn a_node_removed_from_the_table_means_redispatch() {
         let p = policy(&format!(r#"{{"keys": ["{KEY}"]}}"#));
         let gone = Claims { node: "node-9".into(), first_seen: 5, last_seen: 5 };
-        let header = format!("SERVERID={}", token::sign(&Key::new(KEY.as_bytes()).unwrap(), "SERVERID", &gone));
+        let header = format!("SERVERID={}", crate::token::sign(&Key::new(KEY.as_bytes()).unwrap(), "SERVERID", &gone));
         let state = p.read_cookie(Some(header.as_bytes()), || 6);
         assert_eq!(state, CookieState::UnknownNode(gone));
         assert_eq!(

@@ -9,6 +9,7 @@
 //! `trusted_hops` addresses). From an untrusted peer every client-supplied `X-Forwarded-*`,
 //! `X-Real-IP` and `Forwarded` is discarded and written anew.
 
+use crate::ascii::{ip_string, push_ip, push_u64};
 use crate::config::{parse_config, ConfigError};
 use crate::duration::HumanDuration;
 use crate::headers::HeaderMap;
@@ -18,6 +19,7 @@ use crate::request_match::{path_without_query, RequestMatch};
 use ipnet::IpNet;
 use serde::Deserialize;
 use std::net::{IpAddr, SocketAddr};
+use std::rc::Rc;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -123,14 +125,16 @@ pub struct Redirect {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Hsts {
-    pub value: String,
+    pub value: Rc<str>,
     pub override_upstream: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServedBy {
     pub nodes: Nodes,
-    pub header: String,
+    /// The nodes' names in table order, as the header's value takes them.
+    pub names: Vec<Rc<str>>,
+    pub header: Rc<str>,
 }
 
 /// The compiled forwarded configuration.
@@ -196,7 +200,7 @@ impl ForwardedPolicy {
                 if h.preload {
                     value.push_str("; preload");
                 }
-                Some(Hsts { value, override_upstream: h.override_upstream })
+                Some(Hsts { value: Rc::from(value), override_upstream: h.override_upstream })
             }
         };
         let served_by = match c.served_by {
@@ -209,7 +213,8 @@ impl ForwardedPolicy {
                         format!("{:?} is not a lower-case header name", s.header),
                     ));
                 }
-                Some(ServedBy { nodes: s.nodes, header: s.header })
+                let names = s.nodes.iter().map(|n| Rc::from(n.name.as_str())).collect();
+                Some(ServedBy { nodes: s.nodes, names, header: Rc::from(s.header) })
             }
         };
         Ok(ForwardedPolicy {
@@ -236,8 +241,8 @@ impl ForwardedPolicy {
             self.xff,
             self.proto,
             self.redirect.as_ref().map_or("off".to_string(), |r| format!("to port {}", r.port)),
-            self.hsts.as_ref().map_or("off", |h| h.value.as_str()),
-            self.served_by.as_ref().map_or("off", |s| s.header.as_str()),
+            self.hsts.as_ref().map_or("off", |h| &*h.value),
+            self.served_by.as_ref().map_or("off", |s| &*s.header),
         )
     }
 
@@ -305,10 +310,16 @@ impl ForwardedPolicy {
     pub fn xff_value(&self, chain: &[IpAddr], peer: IpAddr, client: IpAddr) -> Option<String> {
         match self.xff {
             XffMode::Append => {
-                let all: Vec<String> = chain.iter().chain(std::iter::once(&peer)).map(IpAddr::to_string).collect();
-                Some(all.join(", "))
+                let mut all = String::with_capacity(17 * (chain.len() + 1));
+                for ip in chain.iter().chain(std::iter::once(&peer)) {
+                    if !all.is_empty() {
+                        all.push_str(", ");
+                    }
+                    push_ip(&mut all, *ip);
+                }
+                Some(all)
             }
-            XffMode::Replace => Some(client.to_string()),
+            XffMode::Replace => Some(ip_string(client)),
             XffMode::Leave => None,
         }
     }
@@ -348,7 +359,7 @@ fn parse_addr(entry: &str) -> Option<IpAddr> {
 /// An RFC 7239 node: IPv4 bare, IPv6 quoted and bracketed (`"[2001:db8::1]"`).
 pub fn forwarded_node(ip: IpAddr) -> String {
     match ip {
-        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V4(_) => ip_string(ip),
         IpAddr::V6(v6) => format!("\"[{v6}]\""),
     }
 }
@@ -356,11 +367,19 @@ pub fn forwarded_node(ip: IpAddr) -> String {
 /// An RFC 7239 element: `for=...;proto=...;host=...` (host quoted when it has a port or other
 /// characters outside a token).
 pub fn forwarded_element(client: IpAddr, proto: &str, host: Option<&str>) -> String {
-    let mut e = format!("for={};proto={proto}", forwarded_node(client));
+    let mut e = String::with_capacity(32 + host.map_or(0, str::len));
+    e.push_str("for=");
+    match client {
+        IpAddr::V4(_) => push_ip(&mut e, client),
+        IpAddr::V6(_) => e.push_str(&forwarded_node(client)),
+    }
+    e.push_str(";proto=");
+    e.push_str(proto);
     if let Some(h) = host {
-        let token = h.chars().all(|c| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c));
+        let token = h.bytes().all(|c| c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&c));
         if token {
-            e.push_str(&format!(";host={h}"));
+            e.push_str(";host=");
+            e.push_str(h);
         } else {
             e.push_str(&format!(";host=\"{}\"", h.replace('\\', "\\\\").replace('"', "\\\"")));
         }
@@ -461,7 +480,7 @@ impl ForwardedPolicy {
             plan.set("x-forwarded-for", xff);
         }
         if self.real_ip {
-            plan.set("x-real-ip", client.to_string());
+            plan.set("x-real-ip", ip_string(client));
         } else if !trusted && headers.contains("x-real-ip") {
             plan.remove("x-real-ip");
         }
@@ -469,7 +488,7 @@ impl ForwardedPolicy {
         let keep = |name: &str| trusted && headers.contains(name);
         if self.forwarded_host {
             if !keep("x-forwarded-host") && !authority.is_empty() {
-                plan.set("x-forwarded-host", authority);
+                plan.set("x-forwarded-host", authority.to_owned());
             }
         } else if !trusted && headers.contains("x-forwarded-host") {
             plan.remove("x-forwarded-host");
@@ -477,7 +496,9 @@ impl ForwardedPolicy {
         if self.forwarded_port {
             if !keep("x-forwarded-port") {
                 if let Some(port) = facts.destination_port() {
-                    plan.set("x-forwarded-port", port.to_string());
+                    let mut text = String::with_capacity(5);
+                    push_u64(&mut text, port);
+                    plan.set("x-forwarded-port", text);
                 }
             }
         } else if !trusted && headers.contains("x-forwarded-port") {
@@ -503,14 +524,14 @@ impl ForwardedPolicy {
         if let (true, Some(hsts)) = (https, &self.hsts) {
             // HSTS only over https: browsers ignore it over http, and it must not be claimed there.
             if hsts.override_upstream || !headers.contains("strict-transport-security") {
-                plan.set("strict-transport-security", hsts.value.as_str());
+                plan.set("strict-transport-security", &hsts.value);
             }
         }
         let mut unknown = None;
         if let Some(served_by) = &self.served_by {
             if let Some(address) = facts.served() {
-                match served_by.nodes.by_address(&address) {
-                    Some(node) => plan.add(&served_by.header, node.name.as_str()),
+                match served_by.nodes.iter().position(|n| n.address == address).and_then(|i| served_by.names.get(i)) {
+                    Some(name) => plan.add(&served_by.header, name),
                     None => unknown = Some(address),
                 }
             }
@@ -615,7 +636,7 @@ mod tests {
     #[test]
     fn hsts_values_and_rules() {
         let p = policy(r#"{"hsts": {"max_age": "730d", "include_subdomains": true, "preload": true}}"#);
-        assert_eq!(p.hsts.unwrap().value, "max-age=63072000; includeSubDomains; preload");
+        assert_eq!(&*p.hsts.unwrap().value, "max-age=63072000; includeSubDomains; preload");
         let cases: &[(&str, &str)] = &[
             (r#"{"hsts": {"max_age": "730d", "preload": true}}"#, "hsts.preload: preload requires include_subdomains"),
             (r#"{"hsts": {"max_age": "30d", "include_subdomains": true, "preload": true}}"#, "hsts.preload"),

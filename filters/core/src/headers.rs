@@ -5,21 +5,113 @@
 //! host calls as it can, and policies that run later in the same callback (tether-edge runs
 //! five) see the map as the earlier ones left it.
 
-use std::ops::Range;
+use std::borrow::Borrow;
+use std::ops::{Deref, Range};
+use std::rc::Rc;
+
+/// Text a plan writes: the program's own (`&'static`), shared with the configuration (an `Rc`:
+/// no copy per request), or made for this request. An allocation and its free cost ~870 Wasm
+/// instructions; most names and many values of a plan need none.
+pub enum Shared<T: ?Sized + ToOwned + 'static> {
+    Static(&'static T),
+    Rc(Rc<T>),
+    Owned(T::Owned),
+}
+
+/// A header name (lower case).
+pub type Name = Shared<str>;
+/// A header value.
+pub type Value = Shared<[u8]>;
+
+impl<T: ?Sized + ToOwned + 'static> Deref for Shared<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        match self {
+            Shared::Static(t) => t,
+            Shared::Rc(t) => t,
+            Shared::Owned(t) => t.borrow(),
+        }
+    }
+}
+
+impl<T: ?Sized + ToOwned + 'static> Clone for Shared<T> {
+    fn clone(&self) -> Self {
+        match self {
+            Shared::Static(t) => Shared::Static(t),
+            Shared::Rc(t) => Shared::Rc(Rc::clone(t)),
+            Shared::Owned(t) => Shared::Owned(t.borrow().to_owned()),
+        }
+    }
+}
+
+impl<T: ?Sized + ToOwned + PartialEq + 'static> PartialEq for Shared<T> {
+    fn eq(&self, other: &Self) -> bool {
+        **self == **other
+    }
+}
+impl<T: ?Sized + ToOwned + Eq + 'static> Eq for Shared<T> {}
+
+impl<T: ?Sized + ToOwned + std::fmt::Debug + 'static> std::fmt::Debug for Shared<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        (**self).fmt(f)
+    }
+}
+
+impl From<&'static str> for Name {
+    fn from(s: &'static str) -> Name {
+        Shared::Static(s)
+    }
+}
+impl From<String> for Name {
+    fn from(s: String) -> Name {
+        Shared::Owned(s)
+    }
+}
+impl From<&Rc<str>> for Name {
+    fn from(s: &Rc<str>) -> Name {
+        Shared::Rc(Rc::clone(s))
+    }
+}
+impl From<&'static str> for Value {
+    fn from(s: &'static str) -> Value {
+        Shared::Static(s.as_bytes())
+    }
+}
+impl From<&'static [u8]> for Value {
+    fn from(s: &'static [u8]) -> Value {
+        Shared::Static(s)
+    }
+}
+impl From<String> for Value {
+    fn from(s: String) -> Value {
+        Shared::Owned(s.into_bytes())
+    }
+}
+impl From<Vec<u8>> for Value {
+    fn from(v: Vec<u8>) -> Value {
+        Shared::Owned(v)
+    }
+}
+impl From<&Rc<str>> for Value {
+    fn from(v: &Rc<str>) -> Value {
+        // The same allocation, seen as bytes: no copy.
+        Shared::Rc(Rc::<[u8]>::from(Rc::clone(v)))
+    }
+}
 
 /// One change to a header map, as Envoy applies it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Edit {
     /// Every line of the name goes; this value is added (Envoy's `replace_header_map_value`).
-    Set(Vec<u8>),
+    Set(Value),
     /// Every line of the name goes.
     Remove,
     /// One more line, the existing ones stay (`add_header_map_value`; `Set-Cookie`).
-    Add(Vec<u8>),
+    Add(Value),
 }
 
 /// A named edit (name lower case).
-pub type NamedEdit = (String, Edit);
+pub type NamedEdit = (Name, Edit);
 
 #[derive(Debug, Clone, Default)]
 pub struct HeaderMap {
@@ -41,7 +133,7 @@ impl HeaderMap {
     /// A map of these lines (tests, and hosts that hand over pairs).
     pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> HeaderMap {
         let pairs: Vec<(&[u8], &[u8])> = pairs.into_iter().map(|(k, v)| (k.as_bytes(), v.as_bytes())).collect();
-        HeaderMap::from_raw(HeaderMap::encode(pairs))
+        HeaderMap::from_raw(HeaderMap::encode(&pairs))
     }
 
     /// Every line in order, names lower case (as bytes: no UTF-8 check per line): the host's
@@ -51,7 +143,7 @@ impl HeaderMap {
         let original = self.original().filter(move |(n, _)| !replaced(n));
         let edited = self.edits.iter().enumerate().filter_map(move |(i, (n, e))| {
             let value = match e {
-                Edit::Set(v) | Edit::Add(v) => v.as_slice(),
+                Edit::Set(v) | Edit::Add(v) => &**v,
                 Edit::Remove => return None,
             };
             // A later Set or Remove of the same name took this line away.
@@ -73,7 +165,7 @@ impl HeaderMap {
         match replaced {
             None => self.original().find(|(n, _)| *n == name).map(|(_, v)| v).or_else(|| added(&self.edits)),
             Some(at) => match self.edits.get(at) {
-                Some((_, Edit::Set(v))) => Some(v.as_slice()),
+                Some((_, Edit::Set(v))) => Some(&**v),
                 _ => added(self.edits.get(at + 1..).unwrap_or_default()),
             },
         }
@@ -89,8 +181,8 @@ impl HeaderMap {
     }
 
     /// Records an edit; later reads see it.
-    pub fn edit(&mut self, name: &str, edit: Edit) {
-        self.edits.push((name.to_string(), edit));
+    pub fn edit(&mut self, name: impl Into<Name>, edit: Edit) {
+        self.edits.push((name.into(), edit));
     }
 
     /// Records every edit of a plan, in order.
@@ -114,16 +206,12 @@ impl HeaderMap {
 
     /// The host's encoding of `pairs`: what `from_raw` reads, and what
     /// `proxy_set_header_map_pairs` takes.
-    pub fn encode<'a, I>(pairs: I) -> Vec<u8>
-    where
-        I: IntoIterator<Item = (&'a [u8], &'a [u8])> + Clone,
-    {
-        let (count, bytes) =
-            pairs.clone().into_iter().fold((0usize, 0usize), |(n, b), (k, v)| (n + 1, b + k.len() + v.len() + 2));
+    pub fn encode(pairs: &[(&[u8], &[u8])]) -> Vec<u8> {
+        let bytes: usize = pairs.iter().map(|(k, v)| k.len() + v.len() + 2).sum();
         // One allocation of the exact size: growing it line by line would reallocate and copy.
-        let mut out = Vec::with_capacity(4 + 8 * count + bytes);
-        out.extend_from_slice(&u32::try_from(count).unwrap_or(u32::MAX).to_le_bytes());
-        for (k, v) in pairs.clone() {
+        let mut out = Vec::with_capacity(4 + 8 * pairs.len() + bytes);
+        out.extend_from_slice(&u32::try_from(pairs.len()).unwrap_or(u32::MAX).to_le_bytes());
+        for (k, v) in pairs {
             out.extend_from_slice(&u32::try_from(k.len()).unwrap_or(u32::MAX).to_le_bytes());
             out.extend_from_slice(&u32::try_from(v.len()).unwrap_or(u32::MAX).to_le_bytes());
         }
@@ -138,7 +226,10 @@ impl HeaderMap {
 
     /// The whole map as it is now, in the host's encoding.
     pub fn encoded(&self) -> Vec<u8> {
-        HeaderMap::encode(self.iter().collect::<Vec<_>>())
+        // Collected once (iter() weighs each line against the edits), into room for every line.
+        let mut lines = Vec::with_capacity(self.lines.len() + self.edits.len());
+        lines.extend(self.iter());
+        HeaderMap::encode(&lines)
     }
 
     fn original(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
@@ -149,7 +240,7 @@ impl HeaderMap {
 /// The value of the first `Add` of `name` among `edits`.
 fn first_added<'a>(edits: &'a [NamedEdit], name: &[u8]) -> Option<&'a [u8]> {
     edits.iter().find_map(|(n, e)| match e {
-        Edit::Add(v) if n.as_bytes() == name => Some(v.as_slice()),
+        Edit::Add(v) if n.as_bytes() == name => Some(&**v),
         _ => None,
     })
 }
@@ -208,13 +299,13 @@ mod tests {
     #[test]
     fn edits_read_back_as_envoy_applies_them() {
         let mut map = HeaderMap::from_pairs([("x-a", "1"), ("cookie", "a=1"), ("cookie", "b=2"), ("x-b", "2")]);
-        map.edit("cookie", Edit::Set(b"c=3".to_vec()));
+        map.edit("cookie", Edit::Set(b"c=3".to_vec().into()));
         map.edit("x-a", Edit::Remove);
-        map.edit("x-new", Edit::Set(b"n".to_vec()));
-        map.edit("x-new", Edit::Set(b"m".to_vec()));
-        map.edit("x-b", Edit::Add(b"3".to_vec()));
-        map.edit("set-cookie", Edit::Add(b"s=1".to_vec()));
-        map.edit("set-cookie", Edit::Add(b"s=2".to_vec()));
+        map.edit("x-new", Edit::Set("n".into()));
+        map.edit("x-new", Edit::Set("m".into()));
+        map.edit("x-b", Edit::Add("3".into()));
+        map.edit("set-cookie", Edit::Add("s=1".into()));
+        map.edit("set-cookie", Edit::Add("s=2".into()));
         let want = [
             ("x-b", "2"),
             ("cookie", "c=3"),

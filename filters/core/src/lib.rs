@@ -8,6 +8,7 @@
 //! one function here and applies the plan with the fewest host calls.
 
 pub mod affinity;
+pub mod ascii;
 pub mod body_limit;
 pub mod config;
 pub mod cookie;

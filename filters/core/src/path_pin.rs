@@ -36,7 +36,7 @@ pub struct PinRule {
     pub name: String,
     pub node: String,
     pub address: SocketAddr,
-    pub session_value: String,
+    pub session_value: std::rc::Rc<str>,
     matcher: RequestMatch,
 }
 

@@ -1,7 +1,7 @@
 //! What a policy decides for one callback, for the host adapter to apply: header edits, a
 //! local reply, the routing target. Policies return plans; only the adapter talks to the host.
 
-use crate::headers::{Edit, NamedEdit};
+use crate::headers::{Edit, Name, NamedEdit, Value};
 use std::net::SocketAddr;
 
 /// A reply Envoy sends instead of forwarding the request (a redirect, a 413).
@@ -28,16 +28,16 @@ pub struct Plan {
 }
 
 impl Plan {
-    pub fn set(&mut self, name: &str, value: impl Into<Vec<u8>>) {
-        self.edits.push((name.to_string(), Edit::Set(value.into())));
+    pub fn set(&mut self, name: impl Into<Name>, value: impl Into<Value>) {
+        self.edits.push((name.into(), Edit::Set(value.into())));
     }
 
-    pub fn add(&mut self, name: &str, value: impl Into<Vec<u8>>) {
-        self.edits.push((name.to_string(), Edit::Add(value.into())));
+    pub fn add(&mut self, name: impl Into<Name>, value: impl Into<Value>) {
+        self.edits.push((name.into(), Edit::Add(value.into())));
     }
 
-    pub fn remove(&mut self, name: &str) {
-        self.edits.push((name.to_string(), Edit::Remove));
+    pub fn remove(&mut self, name: impl Into<Name>) {
+        self.edits.push((name.into(), Edit::Remove));
     }
 
     pub fn reply(&mut self, reply: LocalReply) {

@@ -15,14 +15,9 @@ use std::net::SocketAddr;
 
 use crate::headers::HeaderMap;
 use crate::plan::{Facts, Plan, Route};
+use std::rc::Rc;
 
 pub const DEFAULT_SESSION_HEADER: &str = "x-tether-session";
-
-/// The per-request property the deciding filter sets (value: the filter's name).
-pub const ROUTED_BY_PROPERTY: &str = "tether.routed_by";
-
-/// Envoy's property path for the address of the upstream host that served the request.
-pub const UPSTREAM_ADDRESS_PROPERTY: [&str; 2] = ["upstream", "address"];
 
 /// Headers that mean something else to HTTP or to Envoy and must not carry a session.
 const RESERVED: &[&str] = &[
@@ -47,16 +42,21 @@ const RESERVED: &[&str] = &[
 
 /// The session header's name: lower-case letters, digits and `-`, not a reserved header.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SessionHeader(String);
+pub struct SessionHeader(Rc<str>);
 
 impl Default for SessionHeader {
     fn default() -> Self {
-        SessionHeader(DEFAULT_SESSION_HEADER.to_string())
+        SessionHeader(Rc::from(DEFAULT_SESSION_HEADER))
     }
 }
 
 impl SessionHeader {
     pub fn name(&self) -> &str {
+        &self.0
+    }
+
+    /// The name as a plan's edit takes it (shared, not copied).
+    pub fn shared(&self) -> &Rc<str> {
         &self.0
     }
 
@@ -72,7 +72,7 @@ impl SessionHeader {
                 "{name:?} is a header with another meaning; pick a name of your own, e.g. {DEFAULT_SESSION_HEADER:?}"
             ));
         }
-        Ok(SessionHeader(name.to_string()))
+        Ok(SessionHeader(Rc::from(name)))
     }
 }
 
@@ -83,8 +83,8 @@ impl<'de> Deserialize<'de> for SessionHeader {
 }
 
 /// The session header value that sends a request to `address`: `base64("ip:port")`.
-pub fn session_value(address: &SocketAddr) -> String {
-    base64::engine::general_purpose::STANDARD.encode(address.to_string())
+pub fn session_value(address: &SocketAddr) -> Rc<str> {
+    Rc::from(base64::engine::general_purpose::STANDARD.encode(address.to_string()))
 }
 
 /// Whether a routing filter earlier in the chain already decided this request.
@@ -120,14 +120,14 @@ pub fn claim(headers: &HeaderMap, header: &SessionHeader, facts: &mut dyn Facts,
     if decided_earlier(facts.routed_by().as_deref()) {
         return Claim::DecidedEarlier;
     }
-    plan.remove(header.name());
+    plan.remove(header.shared());
     Claim::Open { forged_removed: true }
 }
 
 /// Sends the request to `address` (its session value precomputed): the session header for
 /// Envoy's `stateful_session`, and the route for the adapter (which marks the request).
-pub fn route(plan: &mut Plan, header: &SessionHeader, by: &'static str, address: SocketAddr, value: &str) {
-    plan.set(header.name(), value);
+pub fn route(plan: &mut Plan, header: &SessionHeader, by: &'static str, address: SocketAddr, value: &Rc<str>) {
+    plan.set(header.shared(), value);
     plan.route = Some(Route { by, address });
 }
 
@@ -158,7 +158,7 @@ pub fn parse_address(raw: &[u8]) -> Option<SocketAddr> {
 /// decider which endpoint served).
 pub fn remove_echo(plan: &mut Plan, headers: &HeaderMap, header: &SessionHeader, claim: Claim) {
     if claim != Claim::DecidedEarlier && headers.contains(header.name()) {
-        plan.remove(header.name());
+        plan.remove(header.shared());
     }
 }
 
@@ -170,8 +170,8 @@ mod tests {
 
     #[test]
     fn session_value_is_base64_of_ip_port() {
-        assert_eq!(session_value(&"127.0.0.1:8001".parse().unwrap()), "MTI3LjAuMC4xOjgwMDE=");
-        assert_eq!(session_value(&"[::1]:80".parse().unwrap()), "Wzo6MV06ODA=");
+        assert_eq!(&*session_value(&"127.0.0.1:8001".parse().unwrap()), "MTI3LjAuMC4xOjgwMDE=");
+        assert_eq!(&*session_value(&"[::1]:80".parse().unwrap()), "Wzo6MV06ODA=");
     }
 
     #[test]

@@ -12,6 +12,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
+use std::cell::RefCell;
+use subtle::ConstantTimeEq;
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -123,6 +125,104 @@ pub fn verify(keys: &[Key], cookie_name: &str, token: &[u8]) -> Option<Claims> {
     })
 }
 
+/// The keys that verify one cookie's tokens (the first also signs), with a memo of the tokens they
+/// verified lately: a returning user sends the same token until it is refreshed, and checking
+/// its tag again costs three SHA-256 compressions (the largest part of a returning user's
+/// request in Wasm instructions). The memo holds only what the keys verified, so a hit is
+/// exactly as genuine as a fresh check; times are checked by the caller on every request.
+/// It lives and dies with the configuration, so a rotated-out key's tokens go with it.
+pub struct Keys {
+    keys: Vec<Key>,
+    cookie_name: String,
+    verified: RefCell<Vec<Option<Verified>>>,
+}
+
+/// A token the keys verified, and what it says.
+type Verified = (Box<[u8]>, Claims);
+
+/// Slots in the memo (direct-mapped by a hash of the token): at most ~40 KB per VM when full.
+pub const VERIFIED_SLOTS: usize = 256;
+
+impl Keys {
+    /// The keys of the cookie named `cookie_name` (tokens are bound to it).
+    pub fn new(keys: Vec<Key>, cookie_name: &str) -> Keys {
+        Keys { keys, cookie_name: cookie_name.to_string(), verified: RefCell::new(Vec::new()) }
+    }
+
+    /// The signing key.
+    pub fn signer(&self) -> Option<&Key> {
+        self.keys.first()
+    }
+
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// [`sign`] with the signing key; the token is remembered as verified (it is, by
+    /// construction), so its first return is already a memo hit.
+    pub fn sign(&self, claims: &Claims) -> Option<String> {
+        let token = sign(self.signer()?, &self.cookie_name, claims);
+        self.remember(token.as_bytes(), claims);
+        Some(token)
+    }
+
+    /// [`verify`] for this cookie, remembered: a token verified before answers from the memo.
+    pub fn verify(&self, token: &[u8]) -> Option<Claims> {
+        if token.len() > MAX_TOKEN_LEN {
+            return None;
+        }
+        if let Some(Some((known, claims))) = self.verified.borrow().get(slot(token)) {
+            // Constant time: the timing must not tell how much of a stranger's token matched.
+            if known.len() == token.len() && bool::from(known.ct_eq(token)) {
+                return Some(claims.clone());
+            }
+        }
+        let claims = verify(&self.keys, &self.cookie_name, token)?;
+        self.remember(token, &claims);
+        Some(claims)
+    }
+
+    fn remember(&self, token: &[u8], claims: &Claims) {
+        let mut memo = self.verified.borrow_mut();
+        if memo.is_empty() {
+            memo.resize(VERIFIED_SLOTS, None);
+        }
+        if let Some(entry) = memo.get_mut(slot(token)) {
+            *entry = Some((token.into(), claims.clone()));
+        }
+    }
+}
+
+impl Clone for Keys {
+    fn clone(&self) -> Keys {
+        Keys::new(self.keys.clone(), &self.cookie_name)
+    }
+}
+
+impl PartialEq for Keys {
+    fn eq(&self, other: &Keys) -> bool {
+        self.keys == other.keys && self.cookie_name == other.cookie_name
+    }
+}
+impl Eq for Keys {}
+
+impl std::fmt::Debug for Keys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Keys({})", self.keys.len())
+    }
+}
+
+/// A token's memo slot, by FNV-1a (not a security boundary: a hit is checked against the
+/// whole token).
+fn slot(token: &[u8]) -> usize {
+    let hash = token.iter().fold(0x811c_9dc5u32, |h, &b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193));
+    hash as usize % VERIFIED_SLOTS
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -186,6 +286,32 @@ mod tests {
         for g in [&b""[..], b".", b"node-1", b"node-1|abc", b"\xff\xff.\xff", &[b'A'; 1000]] {
             assert_eq!(verify(&[key(1)], "SERVERID", g), None);
         }
+    }
+
+    #[test]
+    fn the_memo_answers_as_verify_does() {
+        let keys = Keys::new(vec![key(1)], "SERVERID");
+        let t = sign(&key(1), "SERVERID", &claims());
+        assert_eq!(keys.sign(&claims()).as_deref(), Some(t.as_str()), "the ring signs with its first key");
+        for _ in 0..2 {
+            assert_eq!(keys.verify(t.as_bytes()), Some(claims()));
+        }
+        // A remembered token vouches for no other: a changed byte, a cut.
+        let mut tampered = t.clone().into_bytes();
+        let last = tampered.len() - 1;
+        tampered[last] = if tampered[last] == b'A' { b'B' } else { b'A' };
+        assert_eq!(keys.verify(&tampered), None);
+        assert_eq!(keys.verify(&t.as_bytes()[..last]), None);
+        // Every slot filled and overwritten: answers stay those of verify.
+        let tokens: Vec<String> = (0..3 * VERIFIED_SLOTS as u64)
+            .map(|i| sign(&key(1), "SERVERID", &Claims { first_seen: i, ..claims() }))
+            .collect();
+        for (i, t) in tokens.iter().enumerate().chain(tokens.iter().enumerate().rev()) {
+            let got = keys.verify(t.as_bytes()).map(|c| c.first_seen);
+            assert_eq!(got, Some(i as u64));
+        }
+        assert_eq!(Keys::new(vec![key(2)], "SERVERID").verify(t.as_bytes()), None, "another key");
+        assert_eq!(Keys::new(vec![key(1)], "OTHER").verify(t.as_bytes()), None, "another cookie");
     }
 
     #[test]

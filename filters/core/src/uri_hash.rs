@@ -11,6 +11,7 @@ use crate::request_match::RequestMatch;
 use crate::routing::{self, session_value, Claim, SessionHeader};
 use serde::Deserialize;
 use std::net::SocketAddr;
+use std::rc::Rc;
 use std::time::Duration;
 
 /// How the hash key is cut from the request target, as HAProxy's `balance uri` defines it.
@@ -99,7 +100,7 @@ fn default_cooldown() -> HumanDuration {
 pub struct UriHashPolicy {
     session_header: SessionHeader,
     nodes: Nodes,
-    session_values: Vec<String>,
+    session_values: Vec<Rc<str>>,
     names: Vec<String>,
     prefixes: Vec<RequestMatch>,
     rule: KeyRule,
@@ -160,8 +161,8 @@ impl UriHashPolicy {
         self.cooldown_ms
     }
 
-    pub fn session_value(&self, node: usize) -> Option<&str> {
-        self.session_values.get(node).map(String::as_str)
+    pub fn session_value(&self, node: usize) -> Option<&Rc<str>> {
+        self.session_values.get(node)
     }
 
     pub fn node_name(&self, node: usize) -> Option<&str> {

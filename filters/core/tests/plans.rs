@@ -30,7 +30,7 @@ fn edits(plan: &Plan) -> Vec<(&str, Option<&str>)> {
                 Edit::Set(v) | Edit::Add(v) => Some(std::str::from_utf8(v).unwrap()),
                 Edit::Remove => None,
             };
-            (n.as_str(), v)
+            (&**n, v)
         })
         .collect()
 }
@@ -164,7 +164,7 @@ fn the_served_endpoint_comes_from_the_echo_then_the_pin_then_the_property() {
     assert_eq!(served_address(Some(b"not base64!"), None, || None), None);
     // The echo is removed unless another filter decided (it removes the echo itself).
     let header = SessionHeader::default();
-    let echoed = HeaderMap::from_pairs([("x-tether-session", echo.as_str())]);
+    let echoed = HeaderMap::from_pairs([("x-tether-session", &*echo)]);
     for (headers, claim, removed) in [
         (&echoed, Claim::Open { forged_removed: false }, true),
         (&echoed, Claim::Open { forged_removed: true }, true),
@@ -194,9 +194,9 @@ fn affinity_new_session_then_returning_user_then_redispatch() {
     let mut facts = FixedFacts { now_ms: now, served: Some(addr("127.0.0.1:8002")), ..FixedFacts::default() };
     let (plan, outcome) = policy.on_response(&first, &echo, &mut facts);
     assert_eq!(outcome.set, Some(SetReason::NewSession));
-    assert_eq!(plan.edits[0], ("x-tether-session".to_string(), Edit::Remove), "internal address never leaves");
+    assert_eq!(plan.edits[0], ("x-tether-session".into(), Edit::Remove), "internal address never leaves");
     let Edit::Add(set_cookie) = &plan.edits[1].1 else { panic!("{plan:?}") };
-    let cookie = String::from_utf8(set_cookie.clone()).unwrap().split(';').next().unwrap().to_string();
+    let cookie = String::from_utf8(set_cookie.to_vec()).unwrap().split(';').next().unwrap().to_string();
     // The returning user is pinned to n2.
     let mut facts = FixedFacts { now_ms: now + 1000, ..FixedFacts::default() };
     let (plan, back) = policy.on_request(&HeaderMap::from_pairs([(":path", "/"), ("cookie", &cookie)]), &mut facts);

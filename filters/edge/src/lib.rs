@@ -25,8 +25,6 @@ use tether_glue::{configure, Callback, Filter};
 use tether_path_pin::PathPin;
 use tether_uri_hash::UriHash;
 
-tether_glue::module!(Edge);
-
 /// One section per filter, each that filter's own configuration; absent sections are off.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]

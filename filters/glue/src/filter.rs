@@ -2,14 +2,13 @@
 //! tether-core, plus the generic proxy-wasm contexts that run it. A module is one line
 //! ([`crate::module!`]); tether-edge is a filter made of the five.
 
-use crate::host::{Host, Map, ProxyWasmHost};
+use crate::host::{property, Host, Map, ProxyWasmHost};
 use crate::stream::{write_edits, Callback, Memo};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType};
 use std::rc::Rc;
 use tether_core::headers::HeaderMap;
 use tether_core::plan::LocalReply;
-use tether_core::routing::ROUTED_BY_PROPERTY;
 
 pub trait Filter: Sized + 'static {
     /// What the filter remembers of one request between callbacks.
@@ -110,7 +109,7 @@ impl<F: Filter, H: Host> Stream<F, H> {
     ) -> Action {
         write_edits(&self.host, Map::Request, headers);
         if let Some(by) = routed_by.filter(|_| self.filter.marks_route_for_later_vms()) {
-            self.host.set_property(&[ROUTED_BY_PROPERTY], by.as_bytes());
+            self.host.set_property(property::ROUTED_BY, by.as_bytes());
         }
         self.reply(reply)
     }
@@ -241,12 +240,12 @@ mod tests {
                 Map::Response => *self.response.borrow_mut() = encoded.to_vec(),
             }
         }
-        fn property(&self, path: &[&str]) -> Option<Vec<u8>> {
-            self.call(format!("property {}", path.join(".")));
+        fn property(&self, path: &[u8]) -> Option<Vec<u8>> {
+            self.call(format!("property {}", property::display(path)));
             None
         }
-        fn set_property(&self, path: &[&str], _: &[u8]) {
-            self.call(format!("set_property {}", path.join(".")));
+        fn set_property(&self, path: &[u8], _: &[u8]) {
+            self.call(format!("set_property {}", property::display(path)));
         }
         fn now_ms(&self) -> u64 {
             self.call("now".into());

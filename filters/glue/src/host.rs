@@ -20,10 +20,10 @@ pub trait Host {
     fn add_header(&self, map: Map, name: &str, value: &[u8]);
     /// Replaces the whole map with `encoded` (proxy-wasm's encoding) in one call.
     fn set_header_map(&self, map: Map, encoded: &[u8]);
-    /// A property; an error from the host reads as absent.
-    fn property(&self, path: &[&str]) -> Option<Vec<u8>>;
+    /// A property (a path of [`property`]); an error from the host reads as absent.
+    fn property(&self, path: &[u8]) -> Option<Vec<u8>>;
     /// Sets a per-request property; a refusal is logged, not fatal.
-    fn set_property(&self, path: &[&str], value: &[u8]);
+    fn set_property(&self, path: &[u8], value: &[u8]);
     /// Wall-clock Unix milliseconds.
     fn now_ms(&self) -> u64;
     fn send_reply(&self, reply: &LocalReply);
@@ -46,9 +46,21 @@ fn map_type(map: Map) -> u32 {
     }
 }
 
-/// `["upstream", "address"]` as the ABI takes a property path: segments separated by NUL.
-fn property_path(path: &[&str]) -> Vec<u8> {
-    path.join("\0").into_bytes()
+/// The property paths Tether reads and writes, as the ABI takes them: segments separated by
+/// NUL, written out here so that no request joins them.
+pub mod property {
+    pub const SOURCE_ADDRESS: &[u8] = b"source\0address";
+    pub const DESTINATION_PORT: &[u8] = b"destination\0port";
+    pub const TLS_VERSION: &[u8] = b"connection\0tls_version";
+    /// The address of the upstream host that served the request.
+    pub const UPSTREAM_ADDRESS: &[u8] = b"upstream\0address";
+    /// The per-request mark of the routing filter that decided (value: its name).
+    pub const ROUTED_BY: &[u8] = b"tether.routed_by";
+
+    /// `source.address`, for logs and tests.
+    pub fn display(path: &[u8]) -> String {
+        String::from_utf8_lossy(path).replace('\0', ".")
+    }
 }
 
 impl Host for ProxyWasmHost {
@@ -80,14 +92,14 @@ impl Host for ProxyWasmHost {
         }
     }
 
-    fn property(&self, path: &[&str]) -> Option<Vec<u8>> {
-        raw::get_property(&property_path(path))
+    fn property(&self, path: &[u8]) -> Option<Vec<u8>> {
+        raw::get_property(path)
     }
 
-    fn set_property(&self, path: &[&str], value: &[u8]) {
-        let status = raw::set_property(&property_path(path), value);
+    fn set_property(&self, path: &[u8], value: &[u8]) {
+        let status = raw::set_property(path, value);
         if status != raw::OK {
-            log::warn!("cannot set property {path:?}: status {status}");
+            log::warn!("cannot set property {}: status {status}", property::display(path));
         }
     }
 
@@ -98,7 +110,7 @@ impl Host for ProxyWasmHost {
 
     fn send_reply(&self, reply: &LocalReply) {
         let headers = tether_core::headers::HeaderMap::encode(
-            reply.headers.iter().map(|(k, v)| (k.as_bytes(), v.as_bytes())).collect::<Vec<_>>(),
+            &reply.headers.iter().map(|(k, v)| (k.as_bytes(), v.as_bytes())).collect::<Vec<_>>(),
         );
         let status = raw::send_local_response(reply.status, &reply.body, &headers);
         if status != raw::OK {

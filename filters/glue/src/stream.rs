@@ -2,11 +2,11 @@
 //! stream), the callback's header map with the edits decided so far, and the writing back of a
 //! callback's edits with the fewest host calls.
 
-use crate::host::{Host, Map};
+use crate::host::{property, Host, Map};
 use std::net::SocketAddr;
 use tether_core::headers::{Edit, HeaderMap};
 use tether_core::plan::{Facts, LocalReply, Plan};
-use tether_core::routing::{served_address, ROUTED_BY_PROPERTY, UPSTREAM_ADDRESS_PROPERTY};
+use tether_core::routing::served_address;
 
 /// What this VM learnt from, or told, the host about one stream.
 #[derive(Debug, Default)]
@@ -50,7 +50,7 @@ impl Facts for StreamFacts<'_> {
         let (host, memo) = (self.host, &mut *self.memo);
         let upstream = &mut memo.upstream_address;
         let served = served_address(memo.echo.as_deref(), memo.pinned, || {
-            once(upstream, || host.property(&UPSTREAM_ADDRESS_PROPERTY))
+            once(upstream, || host.property(property::UPSTREAM_ADDRESS))
         });
         memo.served = Some(served);
         served
@@ -58,18 +58,18 @@ impl Facts for StreamFacts<'_> {
 
     fn source_address(&mut self) -> Option<Vec<u8>> {
         let host = self.host;
-        once(&mut self.memo.source_address, || host.property(&["source", "address"]))
+        once(&mut self.memo.source_address, || host.property(property::SOURCE_ADDRESS))
     }
 
     fn tls(&mut self) -> bool {
         let host = self.host;
-        once(&mut self.memo.tls, || host.property(&["connection", "tls_version"]).is_some_and(|v| !v.is_empty()))
+        once(&mut self.memo.tls, || host.property(property::TLS_VERSION).is_some_and(|v| !v.is_empty()))
     }
 
     fn destination_port(&mut self) -> Option<u64> {
         let host = self.host;
         once(&mut self.memo.destination_port, || {
-            let raw = host.property(&["destination", "port"])?;
+            let raw = host.property(property::DESTINATION_PORT)?;
             // Envoy: 8 bytes little-endian; another host may write the number as text.
             match <[u8; 8]>::try_from(raw.get(..8)?) {
                 Ok(bytes) if raw.len() == 8 => Some(u64::from_le_bytes(bytes)),
@@ -85,7 +85,7 @@ impl Facts for StreamFacts<'_> {
 
     fn routed_by(&mut self) -> Option<Vec<u8>> {
         let host = self.host;
-        once(&mut self.memo.routed_by, || host.property(&[ROUTED_BY_PROPERTY]))
+        once(&mut self.memo.routed_by, || host.property(property::ROUTED_BY))
     }
 
     fn shared_data(&mut self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {

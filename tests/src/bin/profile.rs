@@ -1,0 +1,92 @@
+//! profile: tether-edge's request path run natively, for a profiler. The same workload as
+//! `costs` (the Overleaf configuration, a returning user's GET, answered by the node the session
+//! names) through tether-glue's `Stream` with a host that answers from memory, `PROFILE_N` times
+//! (default 10 000). Native instructions are not Wasm instructions, but where they go is where
+//! the Wasm ones go:
+//!
+//!     cargo build --release -p tether-e2e --bin profile
+//!     valgrind --tool=callgrind --callgrind-out-file=target/callgrind.out target/release/profile
+//!     callgrind_annotate --inclusive=yes target/callgrind.out | head -60
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use tether_core::headers::HeaderMap;
+use tether_core::plan::LocalReply;
+use tether_e2e::workload::{get, nodes_table, OverleafFilters};
+use tether_glue::{Filter, Host, Map, Stream};
+
+/// One stream's maps and properties, as the counting host holds them.
+struct MemoryHost {
+    request: RefCell<Vec<u8>>,
+    response: RefCell<Vec<u8>>,
+    properties: Vec<(String, Vec<u8>)>,
+    /// The last response map the filters wrote.
+    written: RefCell<Vec<u8>>,
+}
+
+impl MemoryHost {
+    fn new(exchange: &tether_e2e::wasm_host::Exchange) -> MemoryHost {
+        let encode = |pairs: &[(String, String)]| {
+            HeaderMap::encode(&pairs.iter().map(|(k, v)| (k.as_bytes(), v.as_bytes())).collect::<Vec<_>>())
+        };
+        MemoryHost {
+            request: RefCell::new(encode(&exchange.request_headers)),
+            response: RefCell::new(encode(&exchange.response_headers)),
+            properties: exchange.properties.iter().map(|(path, value)| (path.join("\0"), value.clone())).collect(),
+            written: RefCell::new(Vec::new()),
+        }
+    }
+}
+
+impl Host for &MemoryHost {
+    fn header_map(&self, map: Map) -> Vec<u8> {
+        match map {
+            Map::Request => self.request.borrow().clone(),
+            Map::Response => self.response.borrow().clone(),
+        }
+    }
+    fn set_header(&self, _: Map, _: &str, _: Option<&[u8]>) {}
+    fn add_header(&self, _: Map, _: &str, _: &[u8]) {}
+    fn set_header_map(&self, map: Map, encoded: &[u8]) {
+        if map == Map::Response {
+            *self.written.borrow_mut() = encoded.to_vec();
+        }
+    }
+    fn property(&self, path: &[u8]) -> Option<Vec<u8>> {
+        self.properties.iter().find(|(p, _)| p.as_bytes() == path).map(|(_, v)| v.clone())
+    }
+    fn set_property(&self, _: &[u8], _: &[u8]) {}
+    fn now_ms(&self) -> u64 {
+        1_796_000_000_000
+    }
+    fn send_reply(&self, reply: &LocalReply) {
+        panic!("unexpected local reply {}", reply.status);
+    }
+    fn shared_data(&self, _: &str) -> (Option<Vec<u8>>, Option<u32>) {
+        (None, None)
+    }
+    fn set_shared_data(&self, _: &str, _: &[u8], _: Option<u32>) -> bool {
+        true
+    }
+}
+
+fn main() {
+    let n: usize = std::env::var("PROFILE_N").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
+    let config = OverleafFilters::new(&nodes_table()).edge();
+    let edge = Rc::new(tether_edge::Edge::from_config(config.as_bytes()).unwrap_or_else(|| panic!("config refused")));
+    // The returning user's cookie, from a first request's Set-Cookie.
+    let first = MemoryHost::new(&get("/", None));
+    let mut stream = Stream::new(edge.clone(), &first);
+    stream.request_headers(true);
+    stream.response_headers();
+    let written = HeaderMap::from_raw(first.written.borrow().clone());
+    let cookie = written.get("set-cookie").and_then(|c| std::str::from_utf8(c).ok()?.split(';').next());
+    let cookie = cookie.unwrap_or_else(|| panic!("no cookie: {written:?}"));
+    let exchange = get("/", Some(cookie));
+    let host = MemoryHost::new(&exchange);
+    for _ in 0..n {
+        let mut stream = Stream::new(edge.clone(), &host);
+        std::hint::black_box(stream.request_headers(true));
+        std::hint::black_box(stream.response_headers());
+    }
+}
