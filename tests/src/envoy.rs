@@ -24,7 +24,7 @@ pub fn envoy_bin() -> PathBuf {
 
 /// The release `.wasm` of a filter crate (`body-limit` → `tether_body_limit.wasm`).
 pub fn wasm_path(filter: &str) -> PathBuf {
-    let path = crate::wasm_exports::release_wasm(&format!("tether_{}", filter.replace('-', "_")));
+    let path = xtask::wasm_exports::release_wasm(&format!("tether_{}", filter.replace('-', "_")));
     assert!(path.exists(), "{} is missing: run scripts/build first", path.display());
     path
 }

@@ -10,7 +10,6 @@ pub mod http;
 pub mod node;
 pub mod sample;
 pub mod wait;
-pub mod wasm_exports;
 pub mod wasm_host;
 pub mod workload;
 

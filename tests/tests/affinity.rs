@@ -1,6 +1,9 @@
 //! affinity end to end: real Envoy (health checks, retry policy, stateful_session header
 //! mode), three test nodes, cookies as browsers and HAProxy send them.
 
+// Needs Envoy (scripts/setup) and the built modules (scripts/build): `scripts/test` runs it.
+#![cfg(feature = "e2e")]
+
 use std::collections::BTreeMap;
 use tether_core::token::{self, Claims, Key};
 use tether_e2e::http::{request, Response};

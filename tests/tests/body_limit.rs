@@ -1,5 +1,8 @@
 //! body-limit end to end: real Envoy, a real test node, real curl.
 
+// Needs Envoy (scripts/setup) and the built modules (scripts/build): `scripts/test` runs it.
+#![cfg(feature = "e2e")]
+
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;

@@ -1,6 +1,9 @@
 //! tether-edge end to end: the five filters in one module and one VM behave as the five separate
 //! filters do in the Overleaf chain (see the other e2e suites for each behaviour in depth).
 
+// Needs Envoy (scripts/setup) and the built modules (scripts/build): `scripts/test` runs it.
+#![cfg(feature = "e2e")]
+
 use tether_e2e::envoy::validate;
 use tether_e2e::http::{request, Response};
 use tether_e2e::node::{nodes_json, three_nodes};

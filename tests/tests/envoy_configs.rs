@@ -2,6 +2,9 @@
 //! every good filter fixture is accepted and every bad one refused with its message, both as
 //! JSON text (StringValue) and as a YAML-native google.protobuf.Struct.
 
+// Needs Envoy (scripts/setup) and the built modules (scripts/build): `scripts/test` runs it.
+#![cfg(feature = "e2e")]
+
 use std::path::{Path, PathBuf};
 use tether_e2e::envoy::validate;
 use tether_e2e::sample::{Sample, SAMPLE_ENV};

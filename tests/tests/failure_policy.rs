@@ -2,6 +2,9 @@
 //! `failure_policy`, with the test-only crash filter. The outcome decides the samples' choice
 //! (envoy/README.md, "When a filter fails").
 
+// Needs Envoy (scripts/setup) and the built modules (scripts/build): `scripts/test` runs it.
+#![cfg(feature = "e2e")]
+
 use std::time::{Duration, Instant};
 use tether_e2e::http::{request, Response};
 use tether_e2e::{wait_for, Envoy, EnvoyConfig, TestNode, WasmFilter};

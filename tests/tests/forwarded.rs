@@ -1,6 +1,9 @@
 //! forwarded end to end: real Envoy with a plain, a TLS and an IPv6 listener; curl as the
 //! client (from 127.0.0.1, an untrusted client, or 127.0.0.2, the trusted proxy).
 
+// Needs Envoy (scripts/setup) and the built modules (scripts/build): `scripts/test` runs it.
+#![cfg(feature = "e2e")]
+
 use tether_e2e::{curl, self_signed_cert, CurlResponse, Envoy, EnvoyConfig, ScratchDir, TestNode, WasmFilter};
 
 struct Setup {

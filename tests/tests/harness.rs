@@ -1,5 +1,8 @@
 //! The harness's own promises, so later filter tests can rely on them.
 
+// Needs Envoy (scripts/setup) and the built modules (scripts/build): `scripts/test` runs it.
+#![cfg(feature = "e2e")]
+
 use std::time::Duration;
 use tether_e2e::http::raw_request;
 use tether_e2e::{wait_for, TestNode};

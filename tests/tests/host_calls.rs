@@ -3,6 +3,9 @@
 //! Overleaf configurations). CPU time on this machine is too noisy to catch a filter that
 //! starts making a host call too many; these counts are not.
 
+// Needs Envoy (scripts/setup) and the built modules (scripts/build): `scripts/test` runs it.
+#![cfg(feature = "e2e")]
+
 use std::collections::BTreeMap;
 use tether_e2e::envoy::wasm_path;
 use tether_e2e::wasm_host::{run_chain, FilterVm, HostOptions, RequestCost};

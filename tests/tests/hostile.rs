@@ -2,6 +2,9 @@
 //! affinity → stateful_session): every answer is a sane status, no filter panics, and no
 //! request is steered by what the client sent.
 
+// Needs Envoy (scripts/setup) and the built modules (scripts/build): `scripts/test` runs it.
+#![cfg(feature = "e2e")]
+
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;

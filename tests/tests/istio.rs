@@ -4,6 +4,9 @@
 //! with its failure policy and environment keys; and Envoy with each filter accepts each
 //! plugin's configuration.
 
+// Needs Envoy (scripts/setup) and the built modules (scripts/build): `scripts/test` runs it.
+#![cfg(feature = "e2e")]
+
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use tether_e2e::envoy::validate;

@@ -6,6 +6,9 @@
 //! records it in a Markdown table under target/parity/ (same / differs). Every "differs" row is in
 //! the table of intended differences in envoy/README.md, with the reason.
 
+// Needs Envoy (scripts/setup) and the built modules (scripts/build): `scripts/test` runs it.
+#![cfg(feature = "e2e")]
+
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::Path;

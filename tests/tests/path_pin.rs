@@ -1,6 +1,9 @@
 //! path-pin end to end: real Envoy with the routing contract (stateful_session, header mode),
 //! three test nodes, the first also serving a git repository; real git over smart HTTP.
 
+// Needs Envoy (scripts/setup) and the built modules (scripts/build): `scripts/test` runs it.
+#![cfg(feature = "e2e")]
+
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};

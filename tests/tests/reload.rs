@@ -5,6 +5,9 @@
 //! - A filter configuration made invalid: Envoy rejects the update and keeps serving with the
 //!   old configuration whole, never with half of it.
 
+// Needs Envoy (scripts/setup) and the built modules (scripts/build): `scripts/test` runs it.
+#![cfg(feature = "e2e")]
+
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -2,6 +2,9 @@
 //! moved, see tests/src/sample.rs). Overleaf and ShareLaTeX are compared with HAProxy in parity.rs;
 //! here: Rocket.Chat, Apostrophe and the demo.
 
+// Needs Envoy (scripts/setup) and the built modules (scripts/build): `scripts/test` runs it.
+#![cfg(feature = "e2e")]
+
 use std::collections::BTreeMap;
 use tether_e2e::http::tls_websocket_handshake;
 use tether_e2e::sample::Sample;

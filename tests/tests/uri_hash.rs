@@ -1,5 +1,8 @@
 //! uri-hash end to end: real Envoy (routing contract, health checks), three test nodes.
 
+// Needs Envoy (scripts/setup) and the built modules (scripts/build): `scripts/test` runs it.
+#![cfg(feature = "e2e")]
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 use tether_e2e::http::{request, Response};

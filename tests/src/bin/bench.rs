@@ -25,9 +25,9 @@ use std::time::{Duration, Instant};
 use tether_e2e::haproxy::Haproxy;
 use tether_e2e::http::{read_keepalive_response, request, Response};
 use tether_e2e::node::nodes_json;
-use tether_e2e::wasm_exports::{release_wasm, remove_exports, unused_callback_exports};
 use tether_e2e::workload::{OverleafFilters, SESSION_HEADER};
 use tether_e2e::{env_or, process_cpu_time, process_rss_kib, repo_root, Envoy, EnvoyConfig, TestNode, WasmFilter};
+use xtask::wasm_exports::{release_wasm, remove_exports, unused_callback_exports};
 
 /// One proxy under test.
 struct Arm {

@@ -5,7 +5,7 @@
 //! for every response body chunk, whether the filter does anything there or not. For a
 //! callback the module does *not* export, the host returns `Continue` without entering the VM
 //! (proxy-wasm-cpp-host `ContextBase::onResponseBody` and its siblings check the function
-//! first). So `scripts/build` removes the exports of the per-stream callbacks a filter does not
+//! first). So `cargo xtask build` (`scripts/build`) removes the exports of the per-stream callbacks a filter does not
 //! implement; each filter lists the ones it does in its `Cargo.toml`:
 //!
 //! ```toml
@@ -99,7 +99,8 @@ fn sections(module: &[u8]) -> Result<Vec<Section<'_>>, String> {
         let id = reader.byte()?;
         let size = reader.u32()? as usize;
         let payload = reader.take(size)?;
-        sections.push(Section { id, raw: &body[start..reader.at], payload });
+        let raw = body.get(start..reader.at).ok_or("module ends early")?;
+        sections.push(Section { id, raw, payload });
     }
     Ok(sections)
 }
@@ -120,7 +121,8 @@ fn export_entries(payload: &[u8]) -> Result<Vec<ExportEntry<'_>>, String> {
         let name = std::str::from_utf8(reader.take(len)?).map_err(|_| "export name is not UTF-8")?;
         reader.byte()?; // kind: function, table, memory, global
         reader.u32()?; // index
-        entries.push(ExportEntry { name, raw: &payload[start..reader.at] });
+        let raw = payload.get(start..reader.at).ok_or("module ends early")?;
+        entries.push(ExportEntry { name, raw });
     }
     if !reader.done() {
         return Err("export section has trailing bytes".into());
@@ -145,8 +147,8 @@ impl<'a> Reader<'a> {
     }
 
     fn take(&mut self, len: usize) -> Result<&'a [u8], String> {
-        let end = self.at.checked_add(len).filter(|&end| end <= self.bytes.len()).ok_or("module ends early")?;
-        let slice = &self.bytes[self.at..end];
+        let end = self.at.checked_add(len).ok_or("module ends early")?;
+        let slice = self.bytes.get(self.at..end).ok_or("module ends early")?;
         self.at = end;
         Ok(slice)
     }
@@ -188,9 +190,16 @@ pub struct FilterCallbacks {
     pub callbacks: Vec<String>,
 }
 
-/// Every workspace crate with a `[package.metadata.tether] callbacks` list, from
-/// `cargo metadata` (so Cargo's own TOML parser reads it).
-pub fn filter_callbacks() -> Result<Vec<FilterCallbacks>, String> {
+/// A workspace crate under `filters/` that builds a Wasm module (a cdylib).
+#[derive(Debug)]
+pub struct WasmModule {
+    pub package: String,
+    /// The cdylib's name as rustc writes it (`tether_body_limit`).
+    pub lib_name: String,
+}
+
+/// The workspace's packages, from `cargo metadata` (so Cargo's own TOML parser reads them).
+fn packages() -> Result<Vec<serde_json::Value>, String> {
     let out = std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
         .args(["metadata", "--no-deps", "--format-version", "1"])
         .current_dir(crate::repo_root())
@@ -201,35 +210,71 @@ pub fn filter_callbacks() -> Result<Vec<FilterCallbacks>, String> {
     }
     let metadata: serde_json::Value =
         serde_json::from_slice(&out.stdout).map_err(|e| format!("cargo metadata: {e}"))?;
-    let packages = metadata["packages"].as_array().ok_or("cargo metadata: no packages")?;
+    metadata
+        .get("packages")
+        .and_then(|p| p.as_array())
+        .cloned()
+        .ok_or_else(|| "cargo metadata: no packages".to_string())
+}
+
+/// A text field of a `cargo metadata` object ("" when absent).
+fn text<'a>(value: &'a serde_json::Value, field: &str) -> &'a str {
+    value.get(field).and_then(|v| v.as_str()).unwrap_or_default()
+}
+
+/// A package's cdylib target, if it builds one: its name as rustc writes it.
+fn cdylib_name(package: &serde_json::Value) -> Option<String> {
+    let targets = package.get("targets")?.as_array()?;
+    let is_cdylib = |t: &&serde_json::Value| {
+        t.get("kind").and_then(|k| k.as_array()).is_some_and(|k| k.iter().any(|k| k == "cdylib"))
+    };
+    Some(text(targets.iter().find(is_cdylib)?, "name").replace('-', "_"))
+}
+
+/// Every Wasm module the workspace builds: the cdylib crates under `filters/`.
+pub fn wasm_modules() -> Result<Vec<WasmModule>, String> {
+    let filters = crate::repo_root().join("filters");
+    let mut modules = Vec::new();
+    for package in packages()? {
+        let manifest = std::path::PathBuf::from(text(&package, "manifest_path"));
+        if !manifest.starts_with(&filters) {
+            continue;
+        }
+        if let Some(lib_name) = cdylib_name(&package) {
+            let name = text(&package, "name").to_string();
+            modules.push(WasmModule { package: name, lib_name });
+        }
+    }
+    Ok(modules)
+}
+
+/// Every workspace crate with a `[package.metadata.tether] callbacks` list.
+pub fn filter_callbacks() -> Result<Vec<FilterCallbacks>, String> {
     let mut filters = Vec::new();
-    for package in packages {
-        let name = package["name"].as_str().unwrap_or_default().to_string();
-        let Some(listed) = package["metadata"]["tether"].get("callbacks") else { continue };
+    for package in packages()? {
+        let name = text(&package, "name").to_string();
+        let Some(listed) = package.pointer("/metadata/tether/callbacks") else { continue };
         let callbacks = listed
             .as_array()
             .and_then(|a| a.iter().map(|c| c.as_str().map(String::from)).collect::<Option<Vec<_>>>())
             .ok_or_else(|| format!("{name}: metadata.tether.callbacks must be a list of strings"))?;
-        let targets = package["targets"].as_array().map(Vec::as_slice).unwrap_or_default();
-        let cdylib = targets
-            .iter()
-            .find(|t| t["kind"].as_array().is_some_and(|k| k.iter().any(|k| k == "cdylib")))
-            .ok_or_else(|| format!("{name}: lists callbacks but builds no cdylib"))?;
-        let lib_name = cdylib["name"].as_str().unwrap_or_default().replace('-', "_");
-        let manifest = std::path::PathBuf::from(package["manifest_path"].as_str().unwrap_or_default());
+        let lib_name = cdylib_name(&package).ok_or_else(|| format!("{name}: lists callbacks but builds no cdylib"))?;
+        let manifest = std::path::PathBuf::from(text(&package, "manifest_path"));
         let dir = manifest.parent().map(std::path::PathBuf::from).unwrap_or_default();
         filters.push(FilterCallbacks { package: name, lib_name, dir, callbacks });
     }
     Ok(filters)
 }
 
-/// Where `scripts/build` leaves a filter's release `.wasm`.
+/// Where `cargo xtask build` leaves a module's release `.wasm`.
 pub fn release_wasm(lib_name: &str) -> std::path::PathBuf {
     crate::repo_root().join("target/wasm32-unknown-unknown/release").join(format!("{lib_name}.wasm"))
 }
 
 #[cfg(test)]
 mod tests {
+    // Test code: a failed unwrap or index is a failed test.
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
     use super::*;
 
     /// A module with a type section, one function, an export section and a custom section.
