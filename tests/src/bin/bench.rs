@@ -404,6 +404,18 @@ fn main() {
         with_routing(EnvoyConfig::new(vec![WasmFilter::new("edge", &edge)], &refs)),
         &["edge"],
     ));
+    // BENCH_EDGE_VARIANT=other.wasm: tether-edge built another way, measured in the same
+    // interleaved rounds as tether-edge (an A/B of one change, free of drift between runs).
+    if let Some(code) = std::env::var_os("BENCH_EDGE_VARIANT") {
+        let mut variant = WasmFilter::new("edge", &edge);
+        variant.code = Some(code.into());
+        arms.push(envoy_arm(
+            "tether-edge variant",
+            "tether-edge built from BENCH_EDGE_VARIANT",
+            with_routing(EnvoyConfig::new(vec![variant], &refs)),
+            &["edge"],
+        ));
+    }
     let mut native = EnvoyConfig::new(vec![], &refs);
     native.raw_filters = native_filters();
     arms.push(envoy_arm("envoy native", "header_mutation + buffer + stateful_session cookie", native, &[]));
