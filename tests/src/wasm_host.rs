@@ -71,6 +71,7 @@ struct HostState {
     /// What the module asked with `proxy_set_tick_period_milliseconds` (0: no tick).
     tick_period_ms: u32,
     refuses_tick: bool,
+    refuses_set_property: bool,
     calls: BTreeMap<String, u32>,
     log: Vec<String>,
 }
@@ -94,6 +95,9 @@ pub struct HostOptions {
     pub environment: Vec<(String, String)>,
     /// Answer `Unimplemented` to `proxy_set_tick_period_milliseconds`, as a host without timers would.
     pub refuses_tick: bool,
+    /// Answer `NotFound` to `proxy_set_property` for paths it does not know, as nginx's
+    /// ngx_wasm_module does for `tether.routed_by`.
+    pub refuses_set_property: bool,
 }
 
 /// One filter's VM, configured as Envoy would: `_initialize`, root context, `on_vm_start`,
@@ -122,6 +126,7 @@ impl FilterVm {
             plugin_config: plugin_config.as_bytes().to_vec(),
             environment: options.environment.clone(),
             refuses_tick: options.refuses_tick,
+            refuses_set_property: options.refuses_set_property,
             ..HostState::default()
         };
         let mut store = Store::new(&engine, state);
@@ -480,6 +485,9 @@ fn linker(engine: &Engine, module: &Module) -> Result<Linker<HostState>, String>
         "proxy_set_property",
         |mut c: Caller<'_, HostState>, path: i32, path_len: i32, value: i32, value_len: i32| -> HostResult {
             count(&mut c, "proxy_set_property");
+            if c.data().refuses_set_property {
+                return Ok(NOT_FOUND);
+            }
             let (path, value) = (read(&c, path, path_len)?, read(&c, value, value_len)?);
             c.data_mut().stream.properties.insert(path, value);
             Ok(OK)

@@ -429,7 +429,8 @@ pub struct RequestOutcome {
     pub forged: bool,
     /// Plain http, answered with a redirect to https.
     pub redirected: bool,
-    /// The peer address was unreadable: nothing was decided (and nothing written).
+    /// The host gave no readable peer address: the peer was treated as untrusted, and no header
+    /// names the client (a client's own forwarding headers are removed, never passed).
     pub no_peer: bool,
 }
 
@@ -449,18 +450,18 @@ impl ForwardedPolicy {
     pub fn on_request(&self, headers: &HeaderMap, facts: &mut dyn Facts) -> (Plan, RequestOutcome) {
         let mut plan = Plan::default();
         let mut outcome = RequestOutcome::default();
-        let Some(peer) = facts.source_address().as_deref().and_then(parse_peer) else {
-            outcome.no_peer = true; // not an IP peer (e.g. a pipe): nothing to tell
-            return (plan, outcome);
-        };
+        // Whatever the host says of the peer (nothing, a pipe, garbage), it is nobody's proxy:
+        // an unreadable peer is untrusted, and its client's headers never pass.
+        let peer = facts.source_address().as_deref().and_then(parse_peer);
+        outcome.no_peer = peer.is_none();
         // The connection's TLS only matters when the proto is not forced (one host call saved).
         let tls = matches!(self.proto, ProtoMode::Auto) && facts.tls();
-        let trusted = self.peer_trusted(&peer);
+        let trusted = peer.is_some_and(|p| self.peer_trusted(&p));
         outcome.forged = !trusted && FORWARDING_HEADERS.iter().any(|h| headers.contains(h));
-        let xff_lines: Vec<&[u8]> = headers.all("x-forwarded-for").collect();
+        let xff_lines: Vec<&[u8]> = if trusted { headers.all("x-forwarded-for").collect() } else { Vec::new() };
         // From a trusted peer its chain counts; an unreadable chain is nobody's word.
         let chain: Vec<IpAddr> = if trusted { parse_xff(&xff_lines).unwrap_or_default() } else { Vec::new() };
-        let client = self.client(&chain, peer);
+        let client = peer.map(|peer| self.client(&chain, peer));
         let trusted_proto = if trusted { headers.get("x-forwarded-proto") } else { None };
         let proto = self.effective_proto(trusted_proto, tls);
         outcome.https = proto == "https";
@@ -476,13 +477,20 @@ impl ForwardedPolicy {
             }
         }
         // X-Forwarded-For (HAProxy "option forwardfor", nginx $proxy_add_x_forwarded_for).
-        if let Some(xff) = self.xff_value(&chain, peer, client) {
-            plan.set("x-forwarded-for", xff);
+        match (peer, client) {
+            (Some(peer), Some(client)) => {
+                if let Some(xff) = self.xff_value(&chain, peer, client) {
+                    plan.set("x-forwarded-for", xff);
+                }
+            }
+            // No client to name; the client's own list is not passed on in its place.
+            _ if self.xff != XffMode::Leave && headers.contains("x-forwarded-for") => plan.remove("x-forwarded-for"),
+            _ => {}
         }
-        if self.real_ip {
-            plan.set("x-real-ip", ip_string(client));
-        } else if !trusted && headers.contains("x-real-ip") {
-            plan.remove("x-real-ip");
+        match client {
+            Some(client) if self.real_ip => plan.set("x-real-ip", ip_string(client)),
+            _ if !trusted && headers.contains("x-real-ip") => plan.remove("x-real-ip"),
+            _ => {}
         }
         plan.set("x-forwarded-proto", proto);
         let keep = |name: &str| trusted && headers.contains(name);
@@ -504,15 +512,17 @@ impl ForwardedPolicy {
         } else if !trusted && headers.contains("x-forwarded-port") {
             plan.remove("x-forwarded-port");
         }
-        if self.forwarded {
-            let element = forwarded_element(peer, proto, (!authority.is_empty()).then_some(authority));
-            let value = match text(headers.get("forwarded")).filter(|_| trusted) {
-                Some(existing) => format!("{existing}, {element}"),
-                None => element,
-            };
-            plan.set("forwarded", value);
-        } else if !trusted && headers.contains("forwarded") {
-            plan.remove("forwarded");
+        match peer {
+            Some(peer) if self.forwarded => {
+                let element = forwarded_element(peer, proto, (!authority.is_empty()).then_some(authority));
+                let value = match text(headers.get("forwarded")).filter(|_| trusted) {
+                    Some(existing) => format!("{existing}, {element}"),
+                    None => element,
+                };
+                plan.set("forwarded", value);
+            }
+            _ if !trusted && headers.contains("forwarded") => plan.remove("forwarded"),
+            _ => {}
         }
         (plan, outcome)
     }

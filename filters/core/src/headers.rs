@@ -125,8 +125,16 @@ pub struct HeaderMap {
 
 impl HeaderMap {
     /// The map in the host's encoding; a malformed buffer yields the lines that are whole.
-    pub fn from_raw(raw: Vec<u8>) -> HeaderMap {
+    /// Names are read in lower case, as policies look them up: HTTP names are case-insensitive,
+    /// and while Envoy hands them over lower case, another host (nginx's ngx_wasm_module) gives
+    /// them as the client wrote them (`Cookie`).
+    pub fn from_raw(mut raw: Vec<u8>) -> HeaderMap {
         let lines = index(&raw);
+        for (name, _) in &lines {
+            if let Some(name) = raw.get_mut(name.clone()) {
+                name.make_ascii_lowercase();
+            }
+        }
         HeaderMap { raw, lines, edits: Vec::new() }
     }
 
@@ -294,6 +302,14 @@ mod tests {
         assert_eq!(map.get("missing"), None);
         assert_eq!(map.all("cookie").count(), 2);
         assert_eq!(HeaderMap::default().iter().count(), 0);
+    }
+
+    #[test]
+    fn names_are_found_whatever_case_the_host_kept() {
+        let map = HeaderMap::from_pairs([("Cookie", "a=1"), ("X-Forwarded-For", "192.0.2.1"), ("cookie", "b=2")]);
+        assert_eq!(map.get("cookie"), Some(&b"a=1"[..]));
+        assert_eq!(map.all("cookie").count(), 2);
+        assert_eq!(map.get("x-forwarded-for"), Some(&b"192.0.2.1"[..]));
     }
 
     #[test]

@@ -87,15 +87,42 @@ fn forwarded_asks_only_for_the_facts_its_config_needs() {
 }
 
 #[test]
-fn forwarded_redirects_plain_http_and_an_unreadable_peer_gets_nothing() {
+fn forwarded_redirects_plain_http_whoever_the_peer_is() {
     let policy = ForwardedPolicy::from_json(br#"{"https_redirect": {"port": 443}}"#).unwrap();
     let headers = HeaderMap::from_pairs([(":path", "/a?b"), (":authority", "example.org:80"), (":method", "POST")]);
-    let (plan, outcome) = policy.on_request(&headers, &mut peer("192.0.2.1"));
-    let reply = plan.reply.unwrap();
-    assert_eq!((reply.status, reply.headers[0].1.as_str()), (308, "https://example.org/a?b"));
-    assert!(outcome.redirected && plan.edits.is_empty());
-    let (plan, outcome) = policy.on_request(&headers, &mut FixedFacts::default());
-    assert!(outcome.no_peer && plan.edits.is_empty() && plan.reply.is_none());
+    for mut facts in [peer("192.0.2.1"), FixedFacts::default()] {
+        let (plan, outcome) = policy.on_request(&headers, &mut facts);
+        let reply = plan.reply.unwrap();
+        assert_eq!((reply.status, reply.headers[0].1.as_str()), (308, "https://example.org/a?b"));
+        assert!(outcome.redirected && plan.edits.is_empty());
+    }
+}
+
+#[test]
+fn an_unreadable_peer_is_untrusted_and_the_clients_forwarding_headers_never_pass() {
+    // Issue 18: a host that gives no readable source.address (nothing, a pipe, garbage) used to
+    // leave every header as the client sent it.
+    let policy = ForwardedPolicy::from_json(br#"{"trusted_proxies": ["0.0.0.0/0"], "forwarded": true}"#).unwrap();
+    let forged = HeaderMap::from_pairs([
+        (":path", "/"),
+        (":authority", "app.example"),
+        ("x-forwarded-for", "1.2.3.4"),
+        ("x-real-ip", "1.2.3.4"),
+        ("x-forwarded-host", "evil.example"),
+        ("forwarded", "for=1.2.3.4"),
+    ]);
+    for source in [None, Some(&b"unix:/run/app.sock"[..]), Some(&b"\xff garbage"[..])] {
+        let mut facts = FixedFacts { source_address: source.map(<[u8]>::to_vec), ..FixedFacts::default() };
+        let (plan, outcome) = policy.on_request(&forged, &mut facts);
+        assert!(outcome.no_peer && outcome.forged, "{source:?}");
+        let mut after = forged.clone();
+        after.apply(plan.edits);
+        for name in ["x-forwarded-for", "x-real-ip", "forwarded"] {
+            assert_eq!(after.get(name), None, "{name} passed from {source:?}");
+        }
+        assert_eq!(after.get("x-forwarded-host"), Some(&b"app.example"[..]), "the host is Envoy's word");
+        assert!(after.get("x-forwarded-proto").is_some());
+    }
 }
 
 #[test]

@@ -9,18 +9,22 @@
 //! with `forwarded_port`; on the response the headers (one read, one write) and, with
 //! `served_by` in a VM of its own, `upstream.address`.
 
+use std::cell::Cell;
 use tether_core::forwarded::ForwardedPolicy;
 use tether_glue::{configure, Callback, Counter, Filter, UnknownUpstream};
 
 struct Metrics {
     forged_discarded: Counter,
     redirects: Counter,
+    unreadable_peer: Counter,
     unknown_upstream: UnknownUpstream,
 }
 
 pub struct Forwarded {
     policy: ForwardedPolicy,
     metrics: Metrics,
+    /// The unreadable-peer line went to the log (once per VM).
+    warned_no_peer: Cell<bool>,
 }
 
 /// What the response side needs of the request.
@@ -38,9 +42,10 @@ impl Filter for Forwarded {
         let metrics = Metrics {
             forged_discarded: Counter::define("tether_forwarded.forged_discarded"),
             redirects: Counter::define("tether_forwarded.redirects"),
+            unreadable_peer: Counter::define("tether_forwarded.unreadable_peer"),
             unknown_upstream: UnknownUpstream::define("tether_forwarded"),
         };
-        Some(Forwarded { policy, metrics })
+        Some(Forwarded { policy, metrics, warned_no_peer: Cell::new(false) })
     }
 
     fn on_request(&self, request: &mut ForwardedRequest, cx: &mut Callback<'_>, _end_of_stream: bool) {
@@ -50,6 +55,14 @@ impl Filter for Forwarded {
         }
         if outcome.redirected {
             self.metrics.redirects.increment();
+        }
+        if outcome.no_peer {
+            self.metrics.unreadable_peer.increment();
+            if !self.warned_no_peer.replace(true) {
+                log::warn!(
+                    "forwarded: the host gave no readable peer address (source.address): such requests are treated as from an untrusted peer, their forwarding headers removed, and no header names the client"
+                );
+            }
         }
         request.https = outcome.https;
         cx.apply(plan);

@@ -1,0 +1,105 @@
+//! Tether on a proxy-wasm host that is not Envoy (issue 18, part 1): the counting host answers
+//! as nginx's ngx_wasm_module was seen to (header names in the client's case, a bare IP for
+//! `source.address`, `NotFound` for a property it does not know) or gives nothing at all. Each
+//! filter must stay correct, and above all fail closed: a client's forwarding headers never
+//! pass because the host said too little.
+
+// Needs the built modules (scripts/build): `scripts/test` runs it.
+#![cfg(feature = "e2e")]
+
+use tether_e2e::envoy::wasm_path;
+use tether_e2e::wasm_host::{run_chain, Exchange, FilterVm, HostOptions, RequestCost};
+use tether_e2e::workload::{get, nodes_table, OverleafFilters, SESSION_HEADER};
+
+fn vm(filter: &str, config: &str, options: &HostOptions) -> FilterVm {
+    let module = std::fs::read(wasm_path(filter)).unwrap_or_else(|e| panic!("{filter}: {e}"));
+    FilterVm::start_with(&module, config, options).unwrap_or_else(|e| panic!("{filter}: {e}"))
+}
+
+/// One request through one VM; a trap fails the test.
+fn run(vm: &mut FilterVm, exchange: &Exchange) -> RequestCost {
+    let mut costs = run_chain(std::slice::from_mut(vm), exchange).unwrap_or_else(|e| panic!("{e}"));
+    costs.pop().unwrap_or_else(|| panic!("no cost"))
+}
+
+fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+}
+
+fn without_property(mut exchange: Exchange, path: &[&str]) -> Exchange {
+    exchange.properties.retain(|(p, _)| p != path);
+    exchange
+}
+
+fn with_source(exchange: Exchange, source: &str) -> Exchange {
+    let mut exchange = without_property(exchange, &["source", "address"]);
+    exchange.properties.push((vec!["source".into(), "address".into()], source.as_bytes().to_vec()));
+    exchange
+}
+
+fn forged(mut exchange: Exchange) -> Exchange {
+    for (name, value) in [("X-Forwarded-For", "1.2.3.4"), ("X-Real-IP", "1.2.3.4"), ("Forwarded", "for=1.2.3.4")] {
+        exchange.request_headers.push((name.into(), value.into()));
+    }
+    exchange
+}
+
+#[test]
+fn forwarded_fails_closed_when_the_host_gives_no_readable_peer() {
+    let config = r#"{"forwarded": true}"#;
+    let mut forwarded = vm("forwarded", config, &HostOptions::default());
+    let absent = without_property(forged(get("/", None)), &["source", "address"]);
+    for exchange in [absent, with_source(forged(get("/", None)), "unix:/run/envoy.sock")] {
+        let cost = run(&mut forwarded, &exchange);
+        for name in ["x-forwarded-for", "x-real-ip", "forwarded"] {
+            assert_eq!(header(&cost.request_headers, name), None, "{name}: {:?}", cost.request_headers);
+        }
+        assert_eq!(header(&cost.request_headers, "x-forwarded-proto"), Some("http"));
+    }
+    forwarded.tick().unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(forwarded.metric("tether_forwarded.unreadable_peer"), 2);
+    assert_eq!(forwarded.metric("tether_forwarded.forged_discarded"), 2);
+}
+
+#[test]
+fn a_bare_ip_peer_and_mixed_case_names_read_as_on_envoy() {
+    // ngx_wasm_module: `source.address` without a port, names as the client wrote them.
+    let config = r#"{"trusted_proxies": ["127.0.0.0/8"]}"#;
+    let mut forwarded = vm("forwarded", config, &HostOptions::default());
+    let mut exchange = with_source(get("/", None), "127.0.0.1");
+    exchange.request_headers.push(("X-Forwarded-For".into(), "203.0.113.9".into()));
+    let cost = run(&mut forwarded, &exchange);
+    assert_eq!(header(&cost.request_headers, "x-forwarded-for"), Some("203.0.113.9, 127.0.0.1"));
+    assert_eq!(header(&cost.request_headers, "x-real-ip"), Some("203.0.113.9"), "the trusted chain was read");
+    // A returning user's `Cookie` in the client's case still pins the session.
+    let affinity_config = OverleafFilters::new(&nodes_table()).affinity;
+    let mut affinity = vm("affinity", &affinity_config, &HostOptions::default());
+    let first = run(&mut affinity, &get("/", None));
+    let cookie = header(&first.response_headers, "set-cookie").and_then(|c| c.split(';').next());
+    let cookie = cookie.unwrap_or_else(|| panic!("no cookie: {:?}", first.response_headers)).to_string();
+    let mut returning = get("/", None);
+    returning.request_headers.push(("Cookie".into(), cookie));
+    let cost = run(&mut affinity, &returning);
+    assert!(header(&cost.request_headers, SESSION_HEADER).is_some(), "not pinned: {:?}", cost.request_headers);
+    assert_eq!(header(&cost.request_headers, "cookie"), None, "indirect: our cookie never reaches the backend");
+}
+
+#[test]
+fn a_refused_property_or_a_missing_one_is_not_a_trap() {
+    // ngx_wasm_module answers NotFound to set_property(tether.routed_by): the SDK's call
+    // panicked there (a 500 on every routed request). Here the route still goes out.
+    let refuses = HostOptions { refuses_set_property: true, ..HostOptions::default() };
+    let filters = OverleafFilters::new(&nodes_table());
+    let mut path_pin = vm("path-pin", &filters.path_pin, &refuses);
+    let cost = run(&mut path_pin, &get("/git/project.git/info/refs", None));
+    assert!(header(&cost.request_headers, SESSION_HEADER).is_some(), "{:?}", cost.request_headers);
+    assert_eq!(cost.host_calls.get("proxy_set_property"), Some(&1));
+    let mut uri_hash = vm("uri-hash", &filters.uri_hash, &refuses);
+    let cost = run(&mut uri_hash, &get("/project/5f3c/output/output.pdf", None));
+    assert!(header(&cost.request_headers, SESSION_HEADER).is_some(), "{:?}", cost.request_headers);
+    // No destination.port: no X-Forwarded-Port, and nothing else lost.
+    let mut forwarded = vm("forwarded", r#"{}"#, &HostOptions::default());
+    let cost = run(&mut forwarded, &without_property(get("/", None), &["destination", "port"]));
+    assert_eq!(header(&cost.request_headers, "x-forwarded-port"), None);
+    assert_eq!(header(&cost.request_headers, "x-forwarded-for"), Some("127.0.0.1"));
+}
