@@ -103,3 +103,25 @@ fn a_refused_property_or_a_missing_one_is_not_a_trap() {
     assert_eq!(header(&cost.request_headers, "x-forwarded-port"), None);
     assert_eq!(header(&cost.request_headers, "x-forwarded-for"), Some("127.0.0.1"));
 }
+
+#[test]
+fn a_bare_upstream_address_is_joined_with_upstream_port() {
+    // ngx_wasm_module writes upstream.address without the port, which it gives apart.
+    let filters = OverleafFilters::new(&nodes_table());
+    let mut forwarded = vm("forwarded", &filters.forwarded, &HostOptions::default());
+    let le = 8001u64.to_le_bytes().to_vec();
+    for port in [b"8001".to_vec(), le] {
+        let mut exchange = without_property(get("/", None), &["upstream", "address"]);
+        exchange.properties.push((vec!["upstream".into(), "address".into()], b"127.0.0.1".to_vec()));
+        exchange.properties.push((vec!["upstream".into(), "port".into()], port));
+        let cost = run(&mut forwarded, &exchange);
+        assert_eq!(
+            header(&cost.response_headers, "x-served-by"),
+            Some("server-pro-ha-1"),
+            "{:?}",
+            cost.response_headers
+        );
+    }
+    forwarded.tick().unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(forwarded.metric("tether_forwarded.unknown_upstream"), 0);
+}

@@ -54,6 +54,8 @@ pub mod property {
     pub const TLS_VERSION: &[u8] = b"connection\0tls_version";
     /// The address of the upstream host that served the request.
     pub const UPSTREAM_ADDRESS: &[u8] = b"upstream\0address";
+    /// Its port, for a host whose `upstream.address` is a bare IP.
+    pub const UPSTREAM_PORT: &[u8] = b"upstream\0port";
     /// The per-request mark of the routing filter that decided (value: its name).
     pub const ROUTED_BY: &[u8] = b"tether.routed_by";
 

@@ -3,7 +3,7 @@
 //! callback's edits with the fewest host calls.
 
 use crate::host::{property, Host, Map};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use tether_core::headers::{Edit, HeaderMap};
 use tether_core::plan::{Facts, LocalReply, Plan};
 use tether_core::routing::served_address;
@@ -49,9 +49,7 @@ impl Facts for StreamFacts<'_> {
         }
         let (host, memo) = (self.host, &mut *self.memo);
         let upstream = &mut memo.upstream_address;
-        let served = served_address(memo.echo.as_deref(), memo.pinned, || {
-            once(upstream, || host.property(property::UPSTREAM_ADDRESS))
-        });
+        let served = served_address(memo.echo.as_deref(), memo.pinned, || once(upstream, || upstream_address(host)));
         memo.served = Some(served);
         served
     }
@@ -68,14 +66,7 @@ impl Facts for StreamFacts<'_> {
 
     fn destination_port(&mut self) -> Option<u64> {
         let host = self.host;
-        once(&mut self.memo.destination_port, || {
-            let raw = host.property(property::DESTINATION_PORT)?;
-            // Envoy: 8 bytes little-endian; another host may write the number as text.
-            match <[u8; 8]>::try_from(raw.get(..8)?) {
-                Ok(bytes) if raw.len() == 8 => Some(u64::from_le_bytes(bytes)),
-                _ => std::str::from_utf8(&raw).ok()?.trim().parse().ok(),
-            }
-        })
+        once(&mut self.memo.destination_port, || port(&host.property(property::DESTINATION_PORT)?))
     }
 
     fn now_ms(&mut self) -> u64 {
@@ -95,6 +86,29 @@ impl Facts for StreamFacts<'_> {
     fn set_shared_data(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> bool {
         self.host.set_shared_data(key, value, cas)
     }
+}
+
+/// A port property: Envoy writes 8 bytes little-endian; another host may write the number as text.
+fn port(raw: &[u8]) -> Option<u64> {
+    match raw.get(..8).map(<[u8; 8]>::try_from) {
+        Some(Ok(bytes)) if raw.len() == 8 => Some(u64::from_le_bytes(bytes)),
+        _ => std::str::from_utf8(raw).ok()?.trim().parse().ok(),
+    }
+}
+
+/// `upstream.address` as `ip:port`: Envoy writes it so; a host that writes the bare IP
+/// (nginx's ngx_wasm_module) is asked `upstream.port` too (one more call, on that host only).
+fn upstream_address(host: &dyn Host) -> Option<Vec<u8>> {
+    let address = host.property(property::UPSTREAM_ADDRESS)?;
+    // `1.2.3.4:80` and `[::1]:80` carry a port; `1.2.3.4` and `::1` do not (counted, not parsed:
+    // this runs on every response whose endpoint the session header did not tell).
+    let colons = address.iter().filter(|&&b| b == b':').count();
+    let bare = colons == 0 || (colons >= 2 && address.first() != Some(&b'['));
+    let Some(ip) = bare.then(|| std::str::from_utf8(&address).ok()?.parse::<IpAddr>().ok()).flatten() else {
+        return Some(address);
+    };
+    let port = u16::try_from(port(&host.property(property::UPSTREAM_PORT)?)?).ok()?;
+    Some(SocketAddr::new(ip, port).to_string().into_bytes())
 }
 
 /// One callback: the map it offers (with the edits decided so far), the stream's facts, and
