@@ -466,7 +466,10 @@ impl ForwardedPolicy {
         let proto = self.effective_proto(trusted_proto, tls);
         outcome.https = proto == "https";
         let path = text(headers.get(":path")).unwrap_or("/");
-        let authority = text(headers.get(":authority")).unwrap_or_default();
+        // The host the client asked for: Envoy folds `Host` into `:authority` (no `host` line
+        // is left); nginx's ngx_wasm_module puts its own server name in `:authority` and keeps
+        // the client's `Host`.
+        let authority = text(headers.get("host").or_else(|| headers.get(":authority"))).unwrap_or_default();
         if !outcome.https && self.redirects(path.as_bytes()) {
             if let Some(r) = &self.redirect {
                 let status = redirect_status(headers.get(":method").unwrap_or_default());

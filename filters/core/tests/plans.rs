@@ -99,6 +99,19 @@ fn forwarded_redirects_plain_http_whoever_the_peer_is() {
 }
 
 #[test]
+fn the_clients_host_is_host_where_the_host_keeps_it_apart_from_authority() {
+    // ngx_wasm_module: `:authority` is nginx's server name and port, `Host` the client's.
+    let policy = ForwardedPolicy::from_json(br#"{"https_redirect": {"port": 443}, "forwarded": true}"#).unwrap();
+    let nginx = [(":path", "/p"), (":authority", "localhost:8080"), ("Host", "app.example"), (":method", "GET")];
+    let (plan, _) = policy.on_request(&HeaderMap::from_pairs(nginx), &mut peer("192.0.2.1"));
+    assert_eq!(plan.reply.unwrap().headers[0].1, "https://app.example/p");
+    let https = ForwardedPolicy::from_json(br#"{"proto": "https", "forwarded": true}"#).unwrap();
+    let (plan, _) = https.on_request(&HeaderMap::from_pairs(nginx), &mut peer("192.0.2.1"));
+    assert!(edits(&plan).contains(&("x-forwarded-host", Some("app.example"))), "{plan:?}");
+    assert!(edits(&plan).iter().any(|(n, v)| *n == "forwarded" && v.unwrap().ends_with(";host=app.example")));
+}
+
+#[test]
 fn an_unreadable_peer_is_untrusted_and_the_clients_forwarding_headers_never_pass() {
     // Issue 18: a host that gives no readable source.address (nothing, a pipe, garbage) used to
     // leave every header as the client sent it.
