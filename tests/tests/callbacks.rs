@@ -6,7 +6,9 @@
 #![cfg(feature = "e2e")]
 
 use std::collections::BTreeSet;
-use xtask::wasm_exports::{export_names, filter_callbacks, release_wasm, FilterCallbacks, STREAM_CALLBACKS};
+use xtask::wasm_exports::{
+    export_names, filter_callbacks, portable_wasm, release_wasm, FilterCallbacks, STREAM_CALLBACKS,
+};
 
 const TRIMMED: [&str; 6] = [
     "tether-affinity-module",
@@ -104,6 +106,19 @@ fn built_modules_export_their_callbacks_and_no_other() {
         }
         for always in ["proxy_on_context_create", "proxy_on_delete", "proxy_on_configure", "malloc"] {
             assert!(exports.iter().any(|e| e == always), "{}: {always} must stay exported", filter.package);
+        }
+    }
+}
+
+#[test]
+fn the_portable_flavour_exports_every_callback() {
+    // For hosts that call every callback without checking (nginx's ngx_wasm_module).
+    for filter in filters() {
+        let path = portable_wasm(&filter.lib_name);
+        let module = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e} (run scripts/build)", path.display()));
+        let exports = export_names(&module).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        for (_, export) in STREAM_CALLBACKS {
+            assert!(exports.iter().any(|e| e == export), "{}: {export} missing", path.display());
         }
     }
 }

@@ -3,9 +3,13 @@
 //! release for wasm32, with the stream callbacks a filter does not implement removed from its
 //! exports (`[package.metadata.tether] callbacks`); prints each module's path and size.
 
+use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 use xtask::repo_root;
-use xtask::wasm_exports::{filter_callbacks, release_wasm, remove_exports, unused_callback_exports, wasm_modules};
+use xtask::wasm_exports::export_names;
+use xtask::wasm_exports::{
+    filter_callbacks, portable_wasm, release_wasm, remove_exports, unused_callback_exports, wasm_modules,
+};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -24,6 +28,18 @@ fn main() -> ExitCode {
 
 fn build() -> Result<(), String> {
     let modules = wasm_modules()?;
+    let filters = filter_callbacks()?;
+    // Cargo's own output (`deps/`) stays as the SDK built it: the portable flavour is a copy of
+    // it, and the trimmed module replaces the uplifted file under a new inode (the two are hard
+    // links). One an older build trimmed through the link is removed, so cargo links it again.
+    for filter in &filters {
+        let deps = cargo_output(&filter.lib_name);
+        if std::fs::read(&deps).ok().is_some_and(|m| !exports(&m).iter().any(|e| e == "proxy_on_log")) {
+            for stale in [deps, release_wasm(&filter.lib_name)] {
+                std::fs::remove_file(&stale).map_err(|e| format!("{}: {e}", stale.display()))?;
+            }
+        }
+    }
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut command = Command::new(cargo);
     command.current_dir(repo_root()).args(["build", "--quiet", "--release", "--target", "wasm32-unknown-unknown"]);
@@ -35,15 +51,14 @@ fn build() -> Result<(), String> {
         return Err(format!("cargo build failed ({status})"));
     }
     // Export only the stream callbacks each filter implements: Envoy skips the others without
-    // entering the VM.
-    for filter in filter_callbacks()? {
-        let path = release_wasm(&filter.lib_name);
-        let module = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    // entering the VM. The portable flavour keeps every callback, for hosts that need them all.
+    for filter in filters {
+        let built = cargo_output(&filter.lib_name);
+        let module = std::fs::read(&built).map_err(|e| format!("{}: {e}", built.display()))?;
+        write_new(&portable_wasm(&filter.lib_name), &module)?;
         let unused = unused_callback_exports(&filter.callbacks).map_err(|e| format!("{}: {e}", filter.package))?;
-        let trimmed = remove_exports(&module, &unused).map_err(|e| format!("{}: {e}", path.display()))?;
-        if trimmed != module {
-            std::fs::write(&path, &trimmed).map_err(|e| format!("{}: {e}", path.display()))?;
-        }
+        let trimmed = remove_exports(&module, &unused).map_err(|e| format!("{}: {e}", built.display()))?;
+        write_new(&release_wasm(&filter.lib_name), &trimmed)?;
         println!("{:<22} exports {}", filter.package, filter.callbacks.join(", "));
     }
     for module in &modules {
@@ -52,5 +67,26 @@ fn build() -> Result<(), String> {
         let shown = path.strip_prefix(repo_root()).unwrap_or(&path);
         println!("{:<60} {size:>8} bytes", shown.display());
     }
+    println!("(target/wasm32-unknown-unknown/release/portable/: the same filters with every callback exported, for other hosts)");
     Ok(())
+}
+
+/// Where cargo links a module (`release/` holds a hard link to it).
+fn cargo_output(lib_name: &str) -> PathBuf {
+    repo_root().join("target/wasm32-unknown-unknown/release/deps").join(format!("{lib_name}.wasm"))
+}
+
+fn exports(module: &[u8]) -> Vec<String> {
+    export_names(module).unwrap_or_default()
+}
+
+/// Writes `bytes` to `path` as a new file (a temporary renamed over it), so that a hard link
+/// that was there keeps its old content.
+fn write_new(path: &Path, bytes: &[u8]) -> Result<(), String> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    let temporary = path.with_extension("wasm.tmp");
+    std::fs::write(&temporary, bytes).map_err(|e| format!("{}: {e}", temporary.display()))?;
+    std::fs::rename(&temporary, path).map_err(|e| format!("{}: {e}", path.display()))
 }

@@ -271,6 +271,13 @@ pub fn release_wasm(lib_name: &str) -> std::path::PathBuf {
     crate::repo_root().join("target/wasm32-unknown-unknown/release").join(format!("{lib_name}.wasm"))
 }
 
+/// Where it leaves the portable flavour of a filter's module: every callback exported, as the
+/// SDK builds it, for hosts that call callbacks without checking they exist (nginx's
+/// ngx_wasm_module crashes on a module without `proxy_on_response_body`).
+pub fn portable_wasm(lib_name: &str) -> std::path::PathBuf {
+    crate::repo_root().join("target/wasm32-unknown-unknown/release/portable").join(format!("{lib_name}.wasm"))
+}
+
 #[cfg(test)]
 mod tests {
     // Test code: a failed unwrap or index is a failed test.
