@@ -120,7 +120,13 @@ pub fn start_vms(chain: &[(&str, &str)]) -> Result<Vec<FilterVm>, String> {
         .map(|(filter, config)| {
             let path = wasm_path(filter);
             let module = std::fs::read(&path).map_err(|e| format!("{}: {e} (run scripts/build)", path.display()))?;
-            FilterVm::start(&module, config).map_err(|e| format!("{filter}: {e}"))
+            let mut vm = FilterVm::start(&module, config).map_err(|e| format!("{filter}: {e}"))?;
+            // Envoy's first tick comes within a second of the configuration; a filter counts
+            // and reads the clock per tick only from then on.
+            if vm.tick_period_ms().is_some() {
+                vm.tick()?;
+            }
+            Ok(vm)
         })
         .collect()
 }

@@ -5,8 +5,9 @@
 //! old (both count whole seconds, as HAProxy does).
 //!
 //! Envoy runs one VM per worker thread, each with its own root context and its own tick, so a
-//! worker flushes its own counts. A host that refuses the tick (`proxy_set_tick_period_milliseconds`
-//! not OK) gets the direct way: one host call per increment and a clock read per stream.
+//! worker flushes its own counts. Until the first tick arrives, and on a host that refuses the
+//! tick or accepts it and never ticks, everything is direct: one host call per increment and a
+//! clock read per stream, so nothing waits for a tick that may not come.
 
 use crate::host::raw;
 use std::cell::{Cell, RefCell};
@@ -15,7 +16,7 @@ use std::cell::{Cell, RefCell};
 pub const TICK_MS: u32 = 1000;
 
 struct Vm {
-    /// The host ticks this VM: counts wait for the tick, the clock is kept until it.
+    /// The host has ticked this VM: counts wait for the next tick, the clock is kept until it.
     ticking: Cell<bool>,
     clock_ms: Cell<Option<u64>>,
     /// (metric id, increments not yet handed over), one slot per defined counter.
@@ -33,19 +34,21 @@ thread_local! {
 /// (and a log line) if it will not, and everything stays direct.
 pub fn start_ticking() -> bool {
     let status = raw::set_tick_period_ms(TICK_MS);
-    let ticking = status == raw::OK;
-    if !ticking {
+    if status != raw::OK {
         log::warn!(
             "the host refused a {TICK_MS} ms tick (status {status}): counters and the clock cost a host call each"
         );
     }
-    VM.with(|vm| vm.ticking.set(ticking));
-    ticking
+    status == raw::OK
 }
 
 /// The root's `on_tick`: hands the counts over and lets the next stream read the clock anew.
+/// The first tick shows the host ticks: from then on counts and the clock wait for it.
 pub fn tick() {
-    VM.with(|vm| vm.clock_ms.set(None));
+    VM.with(|vm| {
+        vm.ticking.set(true);
+        vm.clock_ms.set(None);
+    });
     flush();
 }
 
