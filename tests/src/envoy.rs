@@ -463,13 +463,16 @@ impl Envoy {
     /// last value read, for `assert_eq!` to show. The filters hand their counts to Envoy on their
     /// VM's tick ([`TICK`]), so requests already answered show within one tick.
     pub fn counter(&self, name: &str, expected: u64) -> u64 {
-        poll(Duration::from_secs(5), || Some(self.stat(name)).filter(|&v| v == expected))
-            .unwrap_or_else(|| self.stat(name))
+        self.counter_once(name, |v| v == expected)
     }
 
     /// A Tether counter once it reaches at least `min` (polled as [`Envoy::counter`]).
     pub fn counter_at_least(&self, name: &str, min: u64) -> u64 {
-        poll(Duration::from_secs(5), || Some(self.stat(name)).filter(|&v| v >= min)).unwrap_or_else(|| self.stat(name))
+        self.counter_once(name, |v| v >= min)
+    }
+
+    fn counter_once(&self, name: &str, done: impl Fn(u64) -> bool) -> u64 {
+        poll(Duration::from_secs(5), || Some(self.stat(name)).filter(|&v| done(v))).unwrap_or_else(|| self.stat(name))
     }
 
     /// Tether counters after one whole tick from now, for counts that must stay where they are

@@ -110,10 +110,6 @@ pub struct FilterVm {
 type HostResult = Result<i32, wasmi::Error>;
 
 impl FilterVm {
-    pub fn start(module: &[u8], plugin_config: &str) -> Result<FilterVm, String> {
-        FilterVm::start_with(module, plugin_config, &HostOptions::default())
-    }
-
     pub fn start_with(module: &[u8], plugin_config: &str, options: &HostOptions) -> Result<FilterVm, String> {
         let mut config = Config::default();
         config.consume_fuel(true);
@@ -341,7 +337,8 @@ fn headers_mut(state: &mut HostState, map: i32) -> Option<&mut Vec<(String, Stri
 }
 
 /// proxy-wasm's header map encoding, as the filters read it (tether-glue).
-fn encode_map(pairs: &[(String, String)]) -> Vec<u8> {
+/// Header lines in proxy-wasm's encoding.
+pub fn encode_map(pairs: &[(String, String)]) -> Vec<u8> {
     tether_core::headers::HeaderMap::encode(
         &pairs.iter().map(|(k, v)| (k.as_bytes(), v.as_bytes())).collect::<Vec<_>>(),
     )

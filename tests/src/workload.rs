@@ -3,7 +3,7 @@
 
 use crate::envoy::wasm_path;
 use crate::node::nodes_table_json;
-use crate::wasm_host::{run_chain, Exchange, FilterVm, RequestCost};
+use crate::wasm_host::{run_chain, Exchange, FilterVm, HostOptions, RequestCost};
 
 /// The routing contract's header in the benchmark (the filters' default).
 pub const SESSION_HEADER: &str = "x-tether-session";
@@ -113,14 +113,19 @@ pub fn get(path: &str, cookie: Option<&str>) -> Exchange {
     }
 }
 
+/// Starts a filter crate's release `.wasm` with `config` on a host answering as `options` say.
+pub fn start_vm(filter: &str, config: &str, options: &HostOptions) -> Result<FilterVm, String> {
+    let path = wasm_path(filter);
+    let module = std::fs::read(&path).map_err(|e| format!("{}: {e} (run scripts/build)", path.display()))?;
+    FilterVm::start_with(&module, config, options).map_err(|e| format!("{filter}: {e}"))
+}
+
 /// Starts each (filter crate, configuration) in its own VM from its release `.wasm`.
 pub fn start_vms(chain: &[(&str, &str)]) -> Result<Vec<FilterVm>, String> {
     chain
         .iter()
         .map(|(filter, config)| {
-            let path = wasm_path(filter);
-            let module = std::fs::read(&path).map_err(|e| format!("{}: {e} (run scripts/build)", path.display()))?;
-            let mut vm = FilterVm::start(&module, config).map_err(|e| format!("{filter}: {e}"))?;
+            let mut vm = start_vm(filter, config, &HostOptions::default())?;
             // Envoy's first tick comes within a second of the configuration; a filter counts
             // and reads the clock per tick only from then on.
             if vm.tick_period_ms().is_some() {

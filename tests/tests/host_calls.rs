@@ -7,9 +7,10 @@
 #![cfg(feature = "e2e")]
 
 use std::collections::BTreeMap;
-use tether_e2e::envoy::wasm_path;
 use tether_e2e::wasm_host::{run_chain, FilterVm, HostOptions, RequestCost};
-use tether_e2e::workload::{get, nodes_table, returning_user, start_vms, OverleafFilters, NODES, SESSION_HEADER};
+use tether_e2e::workload::{
+    get, nodes_table, returning_user, start_vm, start_vms, OverleafFilters, NODES, SESSION_HEADER,
+};
 
 const PROJECT: &str = "/project/5f3c/output/output.pdf";
 
@@ -188,8 +189,7 @@ fn sum(costs: &[RequestCost]) -> BTreeMap<String, u32> {
 
 fn affinity_vm(options: &HostOptions) -> FilterVm {
     let config = OverleafFilters::new(&nodes_table()).affinity;
-    let module = std::fs::read(wasm_path("affinity")).unwrap_or_else(|e| panic!("run scripts/build: {e}"));
-    FilterVm::start_with(&module, &config, options).unwrap_or_else(|e| panic!("{e}"))
+    start_vm("affinity", &config, options).unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn one(vm: &mut FilterVm) -> RequestCost {

@@ -7,13 +7,11 @@
 // Needs the built modules (scripts/build): `scripts/test` runs it.
 #![cfg(feature = "e2e")]
 
-use tether_e2e::envoy::wasm_path;
 use tether_e2e::wasm_host::{run_chain, Exchange, FilterVm, HostOptions, RequestCost};
-use tether_e2e::workload::{get, nodes_table, OverleafFilters, SESSION_HEADER};
+use tether_e2e::workload::{get, nodes_table, start_vm, OverleafFilters, SESSION_HEADER};
 
 fn vm(filter: &str, config: &str, options: &HostOptions) -> FilterVm {
-    let module = std::fs::read(wasm_path(filter)).unwrap_or_else(|e| panic!("{filter}: {e}"));
-    FilterVm::start_with(&module, config, options).unwrap_or_else(|e| panic!("{filter}: {e}"))
+    start_vm(filter, config, options).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// One request through one VM; a trap fails the test.

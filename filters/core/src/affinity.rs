@@ -115,8 +115,9 @@ pub struct CookieSettings {
 }
 
 /// What the request's cookie says.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum CookieState {
+    #[default]
     Absent,
     /// Present but malformed, tampered, or signed with an unknown key.
     Invalid,
@@ -433,17 +434,11 @@ pub fn is_https(forwarded_proto: Option<&[u8]>, scheme: Option<&[u8]>) -> bool {
 
 /// What the request side decided and the response side needs: the per-request memory of the
 /// affinity filter.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct AffinityRequest {
     pub claim: Claim,
     pub state: CookieState,
     pub https: bool,
-}
-
-impl Default for AffinityRequest {
-    fn default() -> Self {
-        AffinityRequest { claim: Claim::Open { forged_removed: false }, state: CookieState::Absent, https: false }
-    }
 }
 
 /// What the response side decided besides its plan.

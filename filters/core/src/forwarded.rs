@@ -356,11 +356,15 @@ fn parse_addr(entry: &str) -> Option<IpAddr> {
     entry.strip_prefix('[').and_then(|e| e.strip_suffix(']')).and_then(|e| e.parse().ok())
 }
 
-/// An RFC 7239 node: IPv4 bare, IPv6 quoted and bracketed (`"[2001:db8::1]"`).
-pub fn forwarded_node(ip: IpAddr) -> String {
+/// Appends an RFC 7239 node: IPv4 bare, IPv6 quoted and bracketed (`"[2001:db8::1]"`).
+fn push_forwarded_node(out: &mut String, ip: IpAddr) {
     match ip {
-        IpAddr::V4(_) => ip_string(ip),
-        IpAddr::V6(v6) => format!("\"[{v6}]\""),
+        IpAddr::V4(_) => push_ip(out, ip),
+        IpAddr::V6(_) => {
+            out.push_str("\"[");
+            push_ip(out, ip);
+            out.push_str("]\"");
+        }
     }
 }
 
@@ -369,10 +373,7 @@ pub fn forwarded_node(ip: IpAddr) -> String {
 pub fn forwarded_element(client: IpAddr, proto: &str, host: Option<&str>) -> String {
     let mut e = String::with_capacity(32 + host.map_or(0, str::len));
     e.push_str("for=");
-    match client {
-        IpAddr::V4(_) => push_ip(&mut e, client),
-        IpAddr::V6(_) => e.push_str(&forwarded_node(client)),
-    }
+    push_forwarded_node(&mut e, client);
     e.push_str(";proto=");
     e.push_str(proto);
     if let Some(h) = host {

@@ -140,17 +140,11 @@ impl PathPinPolicy {
 pub const ROUTED_BY: &str = "path-pin";
 
 /// What the request side decided and the response side needs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct PathPinRequest {
     pub claim: Claim,
     /// The index of the rule that pinned the request.
     pub pinned_rule: Option<usize>,
-}
-
-impl Default for PathPinRequest {
-    fn default() -> Self {
-        PathPinRequest { claim: Claim::Open { forged_removed: false }, pinned_rule: None }
-    }
 }
 
 impl PathPinPolicy {

@@ -102,6 +102,13 @@ pub enum Claim {
     Open { forged_removed: bool },
 }
 
+/// Before a routing filter looked: nobody decided, nothing was removed.
+impl Default for Claim {
+    fn default() -> Self {
+        Claim::Open { forged_removed: false }
+    }
+}
+
 impl Claim {
     /// The client sent a session header, and the plan removes it (a metric in each filter).
     pub fn removed_forgery(self) -> bool {

@@ -250,17 +250,11 @@ pub const DOWN_KEY: &str = "tether.uri_hash.down";
 pub const ROUTED_BY: &str = "uri-hash";
 
 /// What the request side decided and the response side needs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct UriHashRequest {
     pub claim: Claim,
     /// The node chosen for a hashed request.
     pub choice: Option<Choice>,
-}
-
-impl Default for UriHashRequest {
-    fn default() -> Self {
-        UriHashRequest { claim: Claim::Open { forged_removed: false }, choice: None }
-    }
 }
 
 /// What the response side found.

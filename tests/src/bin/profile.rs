@@ -12,6 +12,7 @@ use std::cell::RefCell;
 use std::rc::Rc;
 use tether_core::headers::HeaderMap;
 use tether_core::plan::LocalReply;
+use tether_e2e::wasm_host::encode_map;
 use tether_e2e::workload::{get, nodes_table, OverleafFilters};
 use tether_glue::{Filter, Host, Map, Stream};
 
@@ -26,12 +27,9 @@ struct MemoryHost {
 
 impl MemoryHost {
     fn new(exchange: &tether_e2e::wasm_host::Exchange) -> MemoryHost {
-        let encode = |pairs: &[(String, String)]| {
-            HeaderMap::encode(&pairs.iter().map(|(k, v)| (k.as_bytes(), v.as_bytes())).collect::<Vec<_>>())
-        };
         MemoryHost {
-            request: RefCell::new(encode(&exchange.request_headers)),
-            response: RefCell::new(encode(&exchange.response_headers)),
+            request: RefCell::new(encode_map(&exchange.request_headers)),
+            response: RefCell::new(encode_map(&exchange.response_headers)),
             properties: exchange.properties.iter().map(|(path, value)| (path.join("\0"), value.clone())).collect(),
             written: RefCell::new(Vec::new()),
         }
