@@ -137,6 +137,11 @@ pub struct EnvoyConfig {
     pub idempotent_retry_on: Option<String>,
     /// Envoy's worker threads (`--concurrency`), each with its own copy of every Wasm VM.
     pub concurrency: u32,
+    /// Endpoints from this EDS file (watched, see [`crate::eds::EdsFile`]) instead of
+    /// `endpoints`, with the cluster settings dynamic endpoints need: removed endpoints leave
+    /// at once (`ignore_health_on_host_removal`), and draining ones keep their pinned sessions
+    /// (`override_host_status` with DRAINING).
+    pub eds: Option<PathBuf>,
 }
 
 impl EnvoyConfig {
@@ -154,7 +159,15 @@ impl EnvoyConfig {
             retry_on: "connect-failure,reset".to_string(),
             idempotent_retry_on: None,
             concurrency: 1,
+            eds: None,
         }
+    }
+
+    /// Endpoints from `eds` (its first version names them; Envoy follows every later one).
+    pub fn with_eds(mut self, eds: &crate::eds::EdsFile, first: &[crate::eds::Endpoint]) -> EnvoyConfig {
+        self.eds = Some(eds.path());
+        self.endpoints = first.iter().map(|e| e.address).collect();
+        self
     }
 
     /// Adds Envoy's side of the routing contract on `header`, with health checks.
@@ -306,21 +319,49 @@ impl EnvoyConfig {
         if self.ipv6 {
             listeners.push_str(&listener("ipv6", "::1", None));
         }
+        let (node, discovery) = match &self.eds {
+            None => (
+                String::new(),
+                format!(
+                    r#"
+    type: STATIC
+    load_assignment:
+      cluster_name: nodes
+      endpoints:
+      - lb_endpoints:{endpoints}"#
+                ),
+            ),
+            Some(path) => (
+                "\nnode: { id: tether-e2e, cluster: tether-e2e }".to_string(),
+                format!(
+                    r#"
+    type: EDS
+    eds_cluster_config:
+      eds_config:
+        resource_api_version: V3
+        path_config_source:
+          path: {path:?}
+          watched_directory: {{ path: {dir:?} }}
+    ignore_health_on_host_removal: true
+    common_lb_config:
+      override_host_status: {{ statuses: [UNKNOWN, HEALTHY, DEGRADED, DRAINING] }}
+      # Workers see an update as soon as /clusters shows it (default: merged for 1 s, which
+      # a test polling /clusters cannot see).
+      update_merge_window: 0s"#,
+                    dir = path.parent().unwrap_or(path),
+                ),
+            ),
+        };
         format!(
-            r#"
+            r#"{node}
 admin:
   address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
 static_resources:
   listeners:{listeners}
   clusters:
-  - name: nodes
-    type: STATIC
+  - name: nodes{discovery}
     connect_timeout: 2s
     lb_policy: LEAST_REQUEST{health_checks}
-    load_assignment:
-      cluster_name: nodes
-      endpoints:
-      - lb_endpoints:{endpoints}
 "#
         )
     }

@@ -4,6 +4,7 @@
 //! the kernel if the test process itself dies), on ports chosen by the OS. Waits poll a
 //! condition with a deadline; nothing sleeps and hopes.
 
+pub mod eds;
 pub mod envoy;
 pub mod haproxy;
 pub mod http;

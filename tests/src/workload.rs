@@ -57,6 +57,14 @@ impl OverleafFilters {
     }
 }
 
+/// affinity with no nodes table (issue 15): the cookie seals the endpoint, named by its EDS
+/// metadata `filter_metadata.tether.name`, as `envoy/overleaf-pods.yaml` configures it.
+pub fn affinity_sealed() -> String {
+    format!(
+        r#"{{"endpoint_name": {{"filter_metadata": "tether", "key": "name"}}, "cookie": {{"name": "SERVERID", "keys": ["{KEY}"], "maxidle": "24h"}}}}"#
+    )
+}
+
 /// The three bench nodes as the filters' nodes table sees them (the host reports the first as
 /// the upstream that served).
 pub const NODES: [(&str, &str); 3] = [
@@ -108,6 +116,7 @@ pub fn get(path: &str, cookie: Option<&str>) -> Exchange {
             property(&["source", "address"], b"127.0.0.1:40312"),
             property(&["destination", "port"], &10000u64.to_le_bytes()),
             property(&["upstream", "address"], NODES[0].1.as_bytes()),
+            property(&["xds", "upstream_host_metadata", "filter_metadata", "tether", "name"], NODES[0].0.as_bytes()),
         ],
         session_header: Some(SESSION_HEADER.to_string()),
     }

@@ -186,9 +186,10 @@ fn tampered_expired_and_unknown_node_cookies_start_new_sessions() {
     let tampered = String::from_utf8(tampered).unwrap();
     let key = Key::new(KEY.as_bytes()).unwrap();
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
-    let expired_claims = Claims { node: "node-1".into(), first_seen: now - 7200, last_seen: now - 7200 };
+    let expired_claims =
+        Claims { node: "node-1".into(), first_seen: now - 7200, last_seen: now - 7200, endpoint: None };
     let expired = format!("SERVERID={}", token::sign(&key, "SERVERID", &expired_claims));
-    let unknown_claims = Claims { node: "node-9".into(), first_seen: now, last_seen: now };
+    let unknown_claims = Claims { node: "node-9".into(), first_seen: now, last_seen: now, endpoint: None };
     let unknown = format!("SERVERID={}", token::sign(&key, "SERVERID", &unknown_claims));
     for (what, cookie) in [
         ("tampered", &tampered),

@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use tether_e2e::wasm_host::{run_chain, FilterVm, HostOptions, RequestCost};
 use tether_e2e::workload::{
-    get, nodes_table, returning_user, start_vm, start_vms, OverleafFilters, NODES, SESSION_HEADER,
+    affinity_sealed, get, nodes_table, returning_user, start_vm, start_vms, OverleafFilters, NODES, SESSION_HEADER,
 };
 
 const PROJECT: &str = "/project/5f3c/output/output.pdf";
@@ -121,6 +121,19 @@ fn a_returning_users_pin_costs_no_property_read_on_the_response() {
     // No session header came in, so nobody asks tether.routed_by; affinity, last by precedence,
     // marks nothing for later VMs.
     assert_eq!(calls(std::slice::from_ref(&one), "proxy_set_property"), 0, "{:?}", one.host_calls);
+}
+
+#[test]
+fn a_sealed_session_costs_one_metadata_read_and_no_address_read() {
+    // No nodes table: the cookie names the endpoint, the pin tells who served (no echo, no
+    // `upstream.address`), and the endpoint's name is the one property asked, to tell a new pod
+    // on the session's address from the session's own.
+    let mut costs = returning_user(&[("affinity", &affinity_sealed())], "/").unwrap_or_else(|e| panic!("{e}"));
+    let sealed = costs.pop().unwrap_or_else(|| panic!("no cost"));
+    assert!(header(&sealed.request_headers, SESSION_HEADER).is_some(), "the sealed cookie pinned the request");
+    assert_eq!(header(&sealed.response_headers, "set-cookie"), None, "same endpoint, same name: no new cookie");
+    assert_eq!(calls(std::slice::from_ref(&sealed), "proxy_get_property"), 1, "{:?}", sealed.host_calls);
+    assert!(sealed.total_host_calls() <= BUDGET_AFFINITY + 1, "{:?}", sealed.host_calls);
 }
 
 #[test]

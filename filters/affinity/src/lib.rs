@@ -21,6 +21,7 @@ struct Metrics {
     invalid: Counter,
     expired: Counter,
     client_session_header_removed: Counter,
+    endpoint_replaced: Counter,
     unknown_upstream: UnknownUpstream,
 }
 
@@ -35,6 +36,7 @@ impl Metrics {
             invalid: c("invalid_cookie"),
             expired: c("expired_cookie"),
             client_session_header_removed: c("client_session_header_removed"),
+            endpoint_replaced: c("endpoint_replaced"),
             unknown_upstream: UnknownUpstream::define("tether_affinity"),
         }
     }
@@ -60,7 +62,9 @@ impl Filter for Affinity {
             self.metrics.client_session_header_removed.increment();
         }
         match &decided.state {
-            CookieState::Valid { .. } if plan.route.is_some() => self.metrics.pinned.increment(),
+            CookieState::Valid { .. } | CookieState::Endpoint(_) if plan.route.is_some() => {
+                self.metrics.pinned.increment();
+            }
             CookieState::Invalid => self.metrics.invalid.increment(),
             CookieState::Expired => self.metrics.expired.increment(),
             _ => {}
@@ -80,6 +84,10 @@ impl Filter for Affinity {
             Some(SetReason::Redispatch) => {
                 self.metrics.redispatched.increment();
                 debug!("affinity: session moved (its node did not serve)");
+            }
+            Some(SetReason::Replaced) => {
+                self.metrics.endpoint_replaced.increment();
+                debug!("affinity: new session (another endpoint has the session's address)");
             }
             None => {}
         }

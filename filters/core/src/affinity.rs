@@ -12,7 +12,7 @@ use crate::headers::HeaderMap;
 use crate::nodes::{Node, Nodes};
 use crate::plan::{Facts, Plan};
 use crate::routing::{self, session_value, Claim, SessionHeader};
-use crate::token::{Claims, Key, Keys};
+use crate::token::{Claims, Key, Keys, MAX_ENDPOINT_NAME};
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -24,16 +24,38 @@ pub const DEFAULT_COOKIE_NAME: &str = "SERVERID";
 struct AffinityConfig {
     #[serde(default)]
     session_header: SessionHeader,
-    nodes: Nodes,
+    /// Absent: the cookie carries the endpoint itself, sealed (EDS, pods, meshes).
+    nodes: Option<Nodes>,
+    endpoint_name: Option<EndpointNameConfig>,
     #[serde(default)]
     cookie: CookieConfig,
+}
+
+/// Where an endpoint's name is found: one key of its `filter_metadata` (EDS `metadata`).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EndpointNameConfig {
+    filter_metadata: String,
+    key: String,
+}
+
+/// An endpoint's name in its metadata, `filter_metadata.<filter>.<key>`: what tells one pod from
+/// the next that gets its address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointName {
+    pub filter: String,
+    pub key: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Format {
+    /// A node of the nodes table, signed: clients can read the name, not change it.
     Signed,
+    /// The node's name as it is, as HAProxy writes it.
     Plain,
+    /// The endpoint's address (and name), encrypted: no nodes table needed.
+    Sealed,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,7 +80,8 @@ impl<'de> Deserialize<'de> for SecureMode {
 #[serde(deny_unknown_fields, default)]
 struct CookieConfig {
     name: String,
-    format: Format,
+    /// Default: signed with a nodes table, sealed without.
+    format: Option<Format>,
     keys: Vec<String>,
     keys_env: Option<String>,
     maxidle: Option<HumanDuration>,
@@ -79,7 +102,7 @@ impl Default for CookieConfig {
     fn default() -> Self {
         CookieConfig {
             name: DEFAULT_COOKIE_NAME.to_string(),
-            format: Format::Signed,
+            format: None,
             keys: Vec::new(),
             keys_env: None,
             maxidle: None,
@@ -129,6 +152,8 @@ pub enum CookieState {
         node: usize,
         claims: Claims,
     },
+    /// Sealed, genuine and fresh: `claims.endpoint` serves the session.
+    Endpoint(Claims),
 }
 
 /// Why a response gets our `Set-Cookie`.
@@ -139,14 +164,62 @@ pub enum SetReason {
     Redispatch,
     /// Same node; last-seen is refreshed so `maxidle` counts from recent activity.
     Refresh,
+    /// The session's address served, but its metadata names another endpoint: a new pod has
+    /// the old one's address. Its session is not the one the cookie meant: a new session.
+    Replaced,
+}
+
+/// The endpoint that served a response, as the cookie records it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Served<'a> {
+    pub address: SocketAddr,
+    /// The node's name (nodes table), or the endpoint's from its metadata ("" when unknown).
+    pub name: &'a str,
+}
+
+impl<'a> From<&'a Node> for Served<'a> {
+    fn from(node: &'a Node) -> Served<'a> {
+        Served { address: node.address, name: &node.name }
+    }
+}
+
+/// How sessions name where they go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Binding {
+    /// A node of the table; `base64(ip:port)` per node, in table order.
+    Table { nodes: Nodes, session_values: Vec<Rc<str>> },
+    /// The endpoint itself, sealed in the cookie, with its name from metadata if configured,
+    /// and the session values of the endpoints seen lately.
+    Endpoints { name: Option<EndpointName>, values: SessionValues },
+}
+
+/// The session header values of the endpoints sessions were sent to lately: a returning user's
+/// request reuses its endpoint's instead of writing and encoding the address again (about 4k
+/// Wasm instructions). A cluster has few endpoints; the oldest goes past [`Self::MAX`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct SessionValues(std::cell::RefCell<Vec<(SocketAddr, Rc<str>)>>);
+
+impl SessionValues {
+    const MAX: usize = 64;
+
+    fn get(&self, address: SocketAddr) -> Rc<str> {
+        let mut known = self.0.borrow_mut();
+        if let Some((_, value)) = known.iter().find(|(a, _)| *a == address) {
+            return value.clone();
+        }
+        let value = session_value(&address);
+        if known.len() >= Self::MAX {
+            known.remove(0);
+        }
+        known.push((address, value.clone()));
+        value
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AffinityPolicy {
     session_header: SessionHeader,
-    nodes: Nodes,
-    /// `base64(ip:port)` per node, in table order.
-    session_values: Vec<Rc<str>>,
+    binding: Binding,
     cookie: CookieSettings,
 }
 
@@ -184,9 +257,26 @@ impl AffinityPolicy {
                 "SameSite=None requires \"secure\": true (browsers drop SameSite=None cookies without Secure)",
             ));
         }
+        let format = match (c.format, &config.nodes) {
+            (Some(Format::Sealed), Some(_)) => {
+                return Err(ConfigError::at(
+                    at("format"),
+                    "\"sealed\" cookies carry the endpoint's address and take no nodes table: remove nodes, or use \"signed\"",
+                ))
+            }
+            (Some(format @ (Format::Signed | Format::Plain)), None) => {
+                return Err(ConfigError::at(
+                    "nodes",
+                    format!("{format:?} cookies name a node of the nodes table: add nodes, or use format \"sealed\" (the default without nodes)").to_lowercase(),
+                ))
+            }
+            (Some(format), _) => format,
+            (None, Some(_)) => Format::Signed,
+            (None, None) => Format::Sealed,
+        };
         let mut keys = Vec::new();
-        match c.format {
-            Format::Signed => {
+        match format {
+            Format::Signed | Format::Sealed => {
                 for (i, k) in c.keys.iter().enumerate() {
                     keys.push(Key::new(k.as_bytes()).map_err(|e| ConfigError::at(format!("cookie.keys[{i}]"), e))?);
                 }
@@ -207,13 +297,19 @@ impl AffinityPolicy {
                 if keys.is_empty() {
                     return Err(ConfigError::at(
                         at("keys"),
-                        "signed cookies need at least one key, in cookie.keys or through cookie.keys_env",
+                        format!(
+                            "{} cookies need at least one key, in cookie.keys or through cookie.keys_env",
+                            if format == Format::Sealed { "sealed" } else { "signed" }
+                        ),
                     ));
                 }
             }
             Format::Plain => {
                 if !c.keys.is_empty() || c.keys_env.is_some() {
-                    return Err(ConfigError::at(at("format"), "keys are only used by format \"signed\""));
+                    return Err(ConfigError::at(
+                        at("format"),
+                        "keys are only used by formats \"signed\" and \"sealed\"",
+                    ));
                 }
                 if c.maxidle.is_some() || c.maxlife.is_some() {
                     return Err(ConfigError::at(
@@ -239,15 +335,27 @@ impl AffinityPolicy {
             (None, Some(idle)) => Some((idle / 10).max(1)),
             (None, None) => None,
         };
-        let session_values = config.nodes.iter().map(|n| session_value(&n.address)).collect();
+        let binding = match (config.nodes, config.endpoint_name) {
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::at(
+                    "endpoint_name",
+                    "names endpoints of sealed cookies; with a nodes table the names are the table's",
+                ))
+            }
+            (Some(nodes), None) => {
+                Binding::Table { session_values: nodes.iter().map(|n| session_value(&n.address)).collect(), nodes }
+            }
+            (None, name) => {
+                Binding::Endpoints { name: name.map(endpoint_name).transpose()?, values: SessionValues::default() }
+            }
+        };
         Ok(AffinityPolicy {
             session_header: config.session_header,
-            session_values,
-            nodes: config.nodes,
+            binding,
             cookie: CookieSettings {
                 keys: Keys::new(keys, &c.name),
                 name: c.name,
-                format: c.format,
+                format,
                 maxidle_secs: maxidle,
                 maxlife_secs: secs(c.maxlife),
                 refresh_secs: refresh,
@@ -271,17 +379,32 @@ impl AffinityPolicy {
         &self.session_header
     }
 
-    pub fn nodes(&self) -> &Nodes {
-        &self.nodes
+    /// The nodes table, if sessions are bound to its nodes.
+    pub fn nodes(&self) -> Option<&Nodes> {
+        match &self.binding {
+            Binding::Table { nodes, .. } => Some(nodes),
+            Binding::Endpoints { .. } => None,
+        }
+    }
+
+    /// Where endpoint names are read, for sealed cookies that record them.
+    pub fn endpoint_name(&self) -> Option<&EndpointName> {
+        match &self.binding {
+            Binding::Endpoints { name, .. } => name.as_ref(),
+            Binding::Table { .. } => None,
+        }
     }
 
     pub fn cookie(&self) -> &CookieSettings {
         &self.cookie
     }
 
-    /// The session header value for node `index`.
+    /// The session header value for node `index` of the table.
     pub fn session_value(&self, index: usize) -> Option<&Rc<str>> {
-        self.session_values.get(index)
+        match &self.binding {
+            Binding::Table { session_values, .. } => session_values.get(index),
+            Binding::Endpoints { .. } => None,
+        }
     }
 
     /// Reads our cookie from the `Cookie` header. `now` (Unix seconds) is only asked for when
@@ -296,9 +419,10 @@ impl AffinityPolicy {
                 Format::Plain => {
                     // HAProxy writes "name" or, with maxidle/maxlife, "name|dates".
                     let name = value.split(|&b| b == b'|').next().unwrap_or_default();
-                    std::str::from_utf8(name).ok().map(|n| Claims { node: n.to_string(), first_seen: 0, last_seen: 0 })
+                    std::str::from_utf8(name).ok().map(|n| Claims { node: n.to_string(), ..Claims::default() })
                 }
                 Format::Signed => self.cookie.keys.verify(value),
+                Format::Sealed => self.cookie.keys.open(value),
             };
             let Some(claims) = claims else {
                 if state == CookieState::Absent {
@@ -306,7 +430,7 @@ impl AffinityPolicy {
                 }
                 continue;
             };
-            if self.cookie.format == Format::Signed
+            if self.cookie.format != Format::Plain
                 && (self.cookie.maxidle_secs.is_some() || self.cookie.maxlife_secs.is_some())
             {
                 let t = *now_value.get_or_insert_with(|| now.take().map_or(0, |f| f()));
@@ -317,44 +441,71 @@ impl AffinityPolicy {
                     continue;
                 }
             }
-            return match self.nodes.iter().position(|n| n.name == claims.node) {
-                Some(node) => CookieState::Valid { node, claims },
-                None => CookieState::UnknownNode(claims),
+            return match self.nodes() {
+                None => CookieState::Endpoint(claims),
+                Some(nodes) => match nodes.iter().position(|n| n.name == claims.node) {
+                    Some(node) => CookieState::Valid { node, claims },
+                    None => CookieState::UnknownNode(claims),
+                },
             };
         }
         state
     }
 
-    /// Decides the response's `Set-Cookie`: the node that served (`None`: no node of ours,
-    /// e.g. a local reply), the time, and whether the request came over https.
+    /// Decides the response's `Set-Cookie`: the endpoint that served (`None`: no node of
+    /// ours, e.g. a local reply), the time, and whether the request came over https.
     pub fn set_cookie(
         &self,
         state: &CookieState,
-        served: Option<&Node>,
+        served: Option<Served<'_>>,
         now: u64,
         https: bool,
     ) -> Option<(SetReason, String)> {
         let served = served?;
+        let refresh_due =
+            |claims: &Claims| self.cookie.refresh_secs.is_some_and(|r| now >= claims.last_seen.saturating_add(r));
         let (reason, first_seen) = match state {
             CookieState::Valid { node, claims }
-                if self.nodes.iter().nth(*node).is_some_and(|n| n.name == served.name) =>
+                if self.nodes().and_then(|n| n.iter().nth(*node)).is_some_and(|n| n.name == served.name) =>
             {
-                let due = self.cookie.refresh_secs.is_some_and(|r| now >= claims.last_seen.saturating_add(r));
-                if !due {
+                if !refresh_due(claims) {
                     return None;
                 }
                 (SetReason::Refresh, claims.first_seen)
             }
-            CookieState::Valid { claims, .. } | CookieState::UnknownNode(claims) => {
+            CookieState::Endpoint(claims) if claims.endpoint == Some(served.address) => {
+                let name = endpoint_name_tail(served.name);
+                match (claims.node.as_str(), name) {
+                    // Another pod has the session's address: not the session the cookie meant.
+                    (known, now_there) if !known.is_empty() && !now_there.is_empty() && known != now_there => {
+                        (SetReason::Replaced, now)
+                    }
+                    // The endpoint's name became known: record it, so a later pod with this
+                    // address is told apart.
+                    ("", now_there) if !now_there.is_empty() => (SetReason::Refresh, claims.first_seen),
+                    _ if refresh_due(claims) => (SetReason::Refresh, claims.first_seen),
+                    _ => return None,
+                }
+            }
+            CookieState::Valid { claims, .. } | CookieState::UnknownNode(claims) | CookieState::Endpoint(claims) => {
                 (SetReason::Redispatch, claims.first_seen)
             }
             CookieState::Absent | CookieState::Invalid | CookieState::Expired => (SetReason::NewSession, now),
         };
         let value = match self.cookie.format {
-            Format::Plain => served.name.clone(),
-            Format::Signed => {
-                self.cookie.keys.sign(&Claims { node: served.name.clone(), first_seen, last_seen: now })?
-            }
+            Format::Plain => served.name.to_string(),
+            Format::Signed => self.cookie.keys.sign(&Claims {
+                node: served.name.to_string(),
+                endpoint: None,
+                first_seen,
+                last_seen: now,
+            })?,
+            Format::Sealed => self.cookie.keys.seal(&Claims {
+                node: endpoint_name_tail(served.name).to_string(),
+                endpoint: Some(served.address),
+                first_seen,
+                last_seen: now,
+            })?,
         };
         let mut attributes = self.cookie.attributes.clone();
         attributes.secure = match self.cookie.secure {
@@ -367,17 +518,44 @@ impl AffinityPolicy {
 
     /// One line for the log when the configuration is accepted (no secrets).
     pub fn summary(&self) -> String {
+        let binding = match &self.binding {
+            Binding::Table { nodes, .. } => format!("{} node(s)", nodes.len()),
+            Binding::Endpoints { name: None, .. } => "endpoints from Envoy".to_string(),
+            Binding::Endpoints { name: Some(n), .. } => {
+                format!("endpoints from Envoy, named by metadata {}.{}", n.filter, n.key)
+            }
+        };
         format!(
-            "cookie {} ({:?}, {} key(s)), maxidle {}, maxlife {}, {} node(s), session header {}",
+            "cookie {} ({:?}, {} key(s)), maxidle {}, maxlife {}, {binding}, session header {}",
             self.cookie.name,
             self.cookie.format,
             self.cookie.keys.len(),
             self.cookie.maxidle_secs.map_or("none".into(), |s| format!("{s}s")),
             self.cookie.maxlife_secs.map_or("none".into(), |s| format!("{s}s")),
-            self.nodes.len(),
             self.session_header.name()
         )
     }
+}
+
+/// The part of an endpoint's name a sealed cookie keeps (its last bytes, on a character boundary).
+fn endpoint_name_tail(name: &str) -> &str {
+    let mut start = name.len().saturating_sub(MAX_ENDPOINT_NAME);
+    while !name.is_char_boundary(start) {
+        start += 1;
+    }
+    name.get(start..).unwrap_or_default()
+}
+
+fn endpoint_name(config: EndpointNameConfig) -> Result<EndpointName, ConfigError> {
+    for (field, value) in [("filter_metadata", &config.filter_metadata), ("key", &config.key)] {
+        if value.is_empty() || value.len() > 128 || value.bytes().any(|b| b == 0 || b.is_ascii_control()) {
+            return Err(ConfigError::at(
+                format!("endpoint_name.{field}"),
+                format!("{value:?} must be 1 to 128 characters, no control characters"),
+            ));
+        }
+    }
+    Ok(EndpointName { filter: config.filter_metadata, key: config.key })
 }
 
 /// What the affinity filter needs from the request headers, read from the whole header map in
@@ -464,10 +642,20 @@ impl AffinityPolicy {
         let mut request = AffinityRequest { claim, https: request_facts.https, ..AffinityRequest::default() };
         if claim != Claim::DecidedEarlier {
             let state = self.read_cookie(request_facts.cookie.as_deref(), || facts.now_ms() / 1000);
-            if let CookieState::Valid { node, .. } = &state {
-                if let (Some(value), Some(target)) = (self.session_value(*node), self.nodes.iter().nth(*node)) {
-                    routing::route(&mut plan, &self.session_header, ROUTED_BY, target.address, value);
+            match &state {
+                CookieState::Valid { node, .. } => {
+                    if let (Some(value), Some(target)) =
+                        (self.session_value(*node), self.nodes().and_then(|n| n.iter().nth(*node)))
+                    {
+                        routing::route(&mut plan, &self.session_header, ROUTED_BY, target.address, value);
+                    }
                 }
+                CookieState::Endpoint(Claims { endpoint: Some(address), .. }) => {
+                    if let Binding::Endpoints { values, .. } = &self.binding {
+                        routing::route(&mut plan, &self.session_header, ROUTED_BY, *address, &values.get(*address));
+                    }
+                }
+                _ => {}
             }
             request.state = state;
         }
@@ -499,12 +687,26 @@ impl AffinityPolicy {
             return (plan, outcome); // e.g. a pinned /git/ request must not move the session
         }
         let Some(address) = facts.served() else { return (plan, outcome) }; // a local reply
-        let Some(node) = self.nodes.by_address(&address) else {
-            outcome.unknown_upstream = Some(address);
-            return (plan, outcome);
+        let metadata_name;
+        let served = match &self.binding {
+            Binding::Table { nodes, .. } => match nodes.by_address(&address) {
+                Some(node) => Served::from(node),
+                None => {
+                    outcome.unknown_upstream = Some(address);
+                    return (plan, outcome);
+                }
+            },
+            Binding::Endpoints { name, .. } => {
+                metadata_name = name
+                    .as_ref()
+                    .and_then(|n| facts.endpoint_metadata(&n.filter, &n.key))
+                    .and_then(|v| String::from_utf8(v).ok())
+                    .unwrap_or_default();
+                Served { address, name: &metadata_name }
+            }
         };
         let Some((reason, set_cookie)) =
-            self.set_cookie(&request.state, Some(node), facts.now_ms() / 1000, request.https)
+            self.set_cookie(&request.state, Some(served), facts.now_ms() / 1000, request.https)
         else {
             return (plan, outcome);
         };
@@ -513,6 +715,10 @@ impl AffinityPolicy {
             if headers.all("set-cookie").any(|v| cookie::set_cookie_name(v) == name) {
                 return (plan, outcome); // "preserve": the application's own cookie wins
             }
+        }
+        if let Binding::Endpoints { values, .. } = &self.binding {
+            // The session header value the session's next request sends, ready (once per endpoint).
+            values.get(address);
         }
         plan.add("set-cookie", set_cookie);
         if self.cookie.nocache {
@@ -542,8 +748,8 @@ mod tests {
         AffinityPolicy::from_json(format!(r#"{{{NODES}, "cookie": {cookie}}}"#).as_bytes(), |_| None).unwrap()
     }
 
-    fn node(p: &AffinityPolicy, name: &str) -> Node {
-        p.nodes().by_name(name).unwrap().clone()
+    fn node<'a>(p: &'a AffinityPolicy, name: &str) -> Served<'a> {
+        p.nodes().unwrap().by_name(name).unwrap().into()
     }
 
     /// The cookie value a Set-Cookie carries.
@@ -555,7 +761,7 @@ mod tests {
     fn new_session_then_pinned_then_refresh_then_expiry() {
         let p = policy(&format!(r#"{{"keys": ["{KEY}"], "maxidle": "24h", "maxlife": "7d"}}"#));
         let t0 = 1_700_000_000;
-        let (reason, set) = p.set_cookie(&CookieState::Absent, Some(&node(&p, "node-2")), t0, true).unwrap();
+        let (reason, set) = p.set_cookie(&CookieState::Absent, Some(node(&p, "node-2")), t0, true).unwrap();
         assert_eq!(reason, SetReason::NewSession);
         assert!(set.starts_with("SERVERID="), "{set}");
         assert!(set.ends_with("; Path=/; HttpOnly; Secure; SameSite=Lax"), "{set}");
@@ -565,9 +771,9 @@ mod tests {
         let CookieState::Valid { node: 1, claims } = &state else { panic!("{state:?}") };
         assert_eq!((claims.first_seen, claims.last_seen), (t0, t0));
         // Same node, within the refresh interval (maxidle / 10 = 8640 s): no Set-Cookie.
-        assert_eq!(p.set_cookie(&state, Some(&node(&p, "node-2")), t0 + 60, true), None);
+        assert_eq!(p.set_cookie(&state, Some(node(&p, "node-2")), t0 + 60, true), None);
         // Past it: refreshed, first-seen kept.
-        let (reason, set) = p.set_cookie(&state, Some(&node(&p, "node-2")), t0 + 9000, true).unwrap();
+        let (reason, set) = p.set_cookie(&state, Some(node(&p, "node-2")), t0 + 9000, true).unwrap();
         assert_eq!(reason, SetReason::Refresh);
         let refreshed = format!("SERVERID={}", value_of(&set));
         let CookieState::Valid { claims, .. } = p.read_cookie(Some(refreshed.as_bytes()), || t0 + 9000) else {
@@ -583,11 +789,11 @@ mod tests {
     #[test]
     fn redispatch_moves_the_session_and_keeps_first_seen() {
         let p = policy(&format!(r#"{{"keys": ["{KEY}"]}}"#));
-        let (_, set) = p.set_cookie(&CookieState::Absent, Some(&node(&p, "node-1")), 100, false).unwrap();
+        let (_, set) = p.set_cookie(&CookieState::Absent, Some(node(&p, "node-1")), 100, false).unwrap();
         assert!(!set.contains("Secure"), "auto: plain http gets no Secure: {set}");
         let header = format!("SERVERID={}", value_of(&set));
         let state = p.read_cookie(Some(header.as_bytes()), || 200);
-        let (reason, set) = p.set_cookie(&state, Some(&node(&p, "node-3")), 200, false).unwrap();
+        let (reason, set) = p.set_cookie(&state, Some(node(&p, "node-3")), 200, false).unwrap();
         assert_eq!(reason, SetReason::Redispatch);
         let moved = format!("SERVERID={}", value_of(&set));
         let CookieState::Valid { node: 2, claims } = p.read_cookie(Some(moved.as_bytes()), || 300) else { panic!() };
@@ -600,7 +806,7 @@ mod tests {
     fn bad_cookies_count_as_absent_never_as_errors() {
         let p = policy(&format!(r#"{{"keys": ["{KEY}"]}}"#));
         let other = policy(r#"{"keys": ["ffffffffffffffffffffffffffffffff"]}"#);
-        let (_, foreign) = other.set_cookie(&CookieState::Absent, Some(&node(&other, "node-1")), 1, false).unwrap();
+        let (_, foreign) = other.set_cookie(&CookieState::Absent, Some(node(&other, "node-1")), 1, false).unwrap();
         let foreign = format!("SERVERID={}", value_of(&foreign));
         for header in [&b"SERVERID=node-1"[..], b"SERVERID=", b"SERVERID=\xff\xfe", foreign.as_bytes(), b"SERVERID=a.b"]
         {
@@ -614,7 +820,7 @@ mod tests {
         assert_eq!(p.read_cookie(Some(b"a=1"), || 0), CookieState::Absent);
         assert_eq!(p.read_cookie(None, || 0), CookieState::Absent);
         // An invalid duplicate before a genuine one does not hide it.
-        let (_, good) = p.set_cookie(&CookieState::Absent, Some(&node(&p, "node-3")), 1, false).unwrap();
+        let (_, good) = p.set_cookie(&CookieState::Absent, Some(node(&p, "node-3")), 1, false).unwrap();
         let both = format!("SERVERID=junk; SERVERID={}", value_of(&good));
         assert!(matches!(p.read_cookie(Some(both.as_bytes()), || 2), CookieState::Valid { node: 2, .. }));
     }
@@ -622,12 +828,12 @@ mod tests {
     #[test]
     fn a_node_removed_from_the_table_means_redispatch() {
         let p = policy(&format!(r#"{{"keys": ["{KEY}"]}}"#));
-        let gone = Claims { node: "node-9".into(), first_seen: 5, last_seen: 5 };
+        let gone = Claims { node: "node-9".into(), first_seen: 5, last_seen: 5, endpoint: None };
         let header = format!("SERVERID={}", crate::token::sign(&Key::new(KEY.as_bytes()).unwrap(), "SERVERID", &gone));
         let state = p.read_cookie(Some(header.as_bytes()), || 6);
         assert_eq!(state, CookieState::UnknownNode(gone));
         assert_eq!(
-            p.set_cookie(&state, Some(&node(&p, "node-1")), 6, false).map(|(r, _)| r),
+            p.set_cookie(&state, Some(node(&p, "node-1")), 6, false).map(|(r, _)| r),
             Some(SetReason::Redispatch)
         );
     }
@@ -645,7 +851,7 @@ mod tests {
             );
         }
         assert!(matches!(p.read_cookie(Some(b"SERVERID=node-7"), || 0), CookieState::UnknownNode(_)));
-        let (_, set) = p.set_cookie(&CookieState::Absent, Some(&node(&p, "node-3")), 0, false).unwrap();
+        let (_, set) = p.set_cookie(&CookieState::Absent, Some(node(&p, "node-3")), 0, false).unwrap();
         assert!(set.starts_with("SERVERID=node-3; "), "{set}");
     }
 
@@ -655,11 +861,11 @@ mod tests {
             r#"{{"name": "server-pro-ha", "keys": ["{KEY}"], "path": "/app", "domain": "example.org", "http_only": false,
                 "secure": true, "same_site": "None", "max_age": "24h"}}"#
         ));
-        let (_, set) = p.set_cookie(&CookieState::Absent, Some(&node(&p, "node-1")), 0, false).unwrap();
+        let (_, set) = p.set_cookie(&CookieState::Absent, Some(node(&p, "node-1")), 0, false).unwrap();
         assert!(set.starts_with("server-pro-ha="), "{set}");
         assert!(set.ends_with("; Path=/app; Domain=example.org; Max-Age=86400; Secure; SameSite=None"), "{set}");
         let p = policy(&format!(r#"{{"keys": ["{KEY}"], "secure": false}}"#));
-        let (_, set) = p.set_cookie(&CookieState::Absent, Some(&node(&p, "node-1")), 0, true).unwrap();
+        let (_, set) = p.set_cookie(&CookieState::Absent, Some(node(&p, "node-1")), 0, true).unwrap();
         assert!(!set.contains("Secure"), "{set}");
     }
 
@@ -684,7 +890,7 @@ mod tests {
             (r#"{"name": "a b", "format": "plain"}"#, "cookie.name: \"a b\" is not a valid cookie name"),
             (
                 r#"{"format": "plain", "keys": ["0123456789abcdef"]}"#,
-                "cookie.format: keys are only used by format \"signed\"",
+                "cookie.format: keys are only used by formats \"signed\" and \"sealed\"",
             ),
             (r#"{"format": "plain", "maxidle": "24h"}"#, "cookie.format: maxidle and maxlife need format \"signed\""),
             (r#"{"format": "base64"}"#, "cookie.format: unknown variant `base64`"),
@@ -713,6 +919,129 @@ mod tests {
                 .unwrap_err()
                 .to_string();
             assert!(err.contains(want), "{cookie}\n  got:  {err}\n  want: {want}");
+        }
+    }
+
+    fn sealed(extra: &str) -> AffinityPolicy {
+        AffinityPolicy::from_json(
+            format!(r#"{{{extra} "cookie": {{"keys": ["{KEY}"], "maxidle": "1h"}}}}"#).as_bytes(),
+            |_| None,
+        )
+        .unwrap()
+    }
+
+    fn at(address: &str, name: &'static str) -> Served<'static> {
+        Served { address: address.parse().unwrap(), name }
+    }
+
+    #[test]
+    fn without_nodes_the_cookie_seals_the_endpoint() {
+        let p = sealed("");
+        assert_eq!(p.cookie().format, Format::Sealed, "sealed is the default without nodes");
+        assert!(p.summary().contains("endpoints from Envoy"), "{}", p.summary());
+        let (reason, set) = p.set_cookie(&CookieState::Absent, Some(at("10.0.0.7:8080", "")), 100, false).unwrap();
+        assert_eq!(reason, SetReason::NewSession);
+        let value = value_of(&set);
+        assert!(!value.contains("10.0.0.7") && !set.contains("8080"), "the address is not readable: {set}");
+        let header = format!("SERVERID={value}");
+        let state = p.read_cookie(Some(header.as_bytes()), || 200);
+        let CookieState::Endpoint(claims) = &state else { panic!("{state:?}") };
+        assert_eq!(claims.endpoint, Some("10.0.0.7:8080".parse().unwrap()));
+        // Served where it was pinned: nothing to say until the refresh (maxidle / 10 = 360 s).
+        assert_eq!(p.set_cookie(&state, Some(at("10.0.0.7:8080", "")), 200, false), None);
+        assert_eq!(
+            p.set_cookie(&state, Some(at("10.0.0.7:8080", "")), 500, false).map(|r| r.0),
+            Some(SetReason::Refresh)
+        );
+        // Another endpoint served (the pinned one is gone, draining and removed, or failed):
+        // the session moves, first-seen kept.
+        let (reason, moved) = p.set_cookie(&state, Some(at("10.0.0.9:8080", "")), 200, false).unwrap();
+        assert_eq!(reason, SetReason::Redispatch);
+        let moved = format!("SERVERID={}", value_of(&moved));
+        let CookieState::Endpoint(claims) = p.read_cookie(Some(moved.as_bytes()), || 300) else { panic!() };
+        assert_eq!((claims.endpoint, claims.first_seen), (Some("10.0.0.9:8080".parse().unwrap()), 100));
+        // maxidle holds for sealed cookies too.
+        assert_eq!(p.read_cookie(Some(moved.as_bytes()), || 200 + 3601), CookieState::Expired);
+    }
+
+    #[test]
+    fn a_new_pod_on_an_old_address_starts_a_new_session() {
+        let p = sealed(r#""endpoint_name": {"filter_metadata": "tether", "key": "name"},"#);
+        assert_eq!(p.endpoint_name(), Some(&EndpointName { filter: "tether".into(), key: "name".into() }));
+        let (_, set) =
+            p.set_cookie(&CookieState::Absent, Some(at("10.0.0.7:80", "web-7f9c-abcde")), 100, false).unwrap();
+        let header = format!("SERVERID={}", value_of(&set));
+        let state = p.read_cookie(Some(header.as_bytes()), || 150);
+        // The same pod: nothing to do. Its name unknown this time (metadata gone): nothing either.
+        assert_eq!(p.set_cookie(&state, Some(at("10.0.0.7:80", "web-7f9c-abcde")), 150, false), None);
+        assert_eq!(p.set_cookie(&state, Some(at("10.0.0.7:80", "")), 150, false), None);
+        // Another pod behind the same address: a new session, first-seen now.
+        let (reason, set) = p.set_cookie(&state, Some(at("10.0.0.7:80", "web-7f9c-zzzzz")), 150, false).unwrap();
+        assert_eq!(reason, SetReason::Replaced);
+        let header = format!("SERVERID={}", value_of(&set));
+        let CookieState::Endpoint(claims) = p.read_cookie(Some(header.as_bytes()), || 160) else { panic!() };
+        assert_eq!((claims.node.as_str(), claims.first_seen), ("web-7f9c-zzzzz", 150));
+        // A cookie issued before names were known gets the name recorded (a refresh).
+        let (_, unnamed) = p.set_cookie(&CookieState::Absent, Some(at("10.0.0.8:80", "")), 100, false).unwrap();
+        let header = format!("SERVERID={}", value_of(&unnamed));
+        let state = p.read_cookie(Some(header.as_bytes()), || 110);
+        assert_eq!(
+            p.set_cookie(&state, Some(at("10.0.0.8:80", "web-1")), 110, false).map(|r| r.0),
+            Some(SetReason::Refresh)
+        );
+    }
+
+    #[test]
+    fn sealed_cookies_that_are_not_genuine_count_as_absent() {
+        let p = sealed("");
+        let signed = policy(&format!(r#"{{"keys": ["{KEY}"]}}"#));
+        let (_, foreign) = signed.set_cookie(&CookieState::Absent, Some(node(&signed, "node-1")), 1, false).unwrap();
+        let (_, genuine) = p.set_cookie(&CookieState::Absent, Some(at("10.0.0.7:80", "")), 1, false).unwrap();
+        let mut tampered = value_of(&genuine).into_bytes();
+        tampered[20] = if tampered[20] == b'A' { b'B' } else { b'A' };
+        let retired =
+            AffinityPolicy::from_json(br#"{"cookie": {"keys": ["ffffffffffffffffffffffffffffffff"]}}"#, |_| None)
+                .unwrap();
+        let (_, retired) = retired.set_cookie(&CookieState::Absent, Some(at("10.0.0.7:80", "")), 1, false).unwrap();
+        for value in
+            [value_of(&foreign), String::from_utf8(tampered).unwrap(), value_of(&retired), "MTAuMC4wLjc6ODA=".into()]
+        {
+            let header = format!("SERVERID={value}");
+            assert_eq!(p.read_cookie(Some(header.as_bytes()), || 2), CookieState::Invalid, "{value}");
+        }
+    }
+
+    #[test]
+    fn sealed_and_nodes_configs() {
+        let cases: &[(&str, &str)] = &[
+            (
+                r#"{"cookie": {"format": "signed", "keys": ["0123456789abcdef"]}}"#,
+                "nodes: signed cookies name a node of the nodes table",
+            ),
+            (r#"{"cookie": {"format": "plain"}}"#, "nodes: plain cookies name a node"),
+            (r#"{"cookie": {}}"#, "cookie.keys: sealed cookies need at least one key"),
+            (
+                &format!(r#"{{{NODES}, "cookie": {{"format": "sealed", "keys": ["0123456789abcdef"]}}}}"#),
+                "cookie.format: \"sealed\" cookies carry the endpoint's address and take no nodes table",
+            ),
+            (
+                &format!(
+                    r#"{{{NODES}, "endpoint_name": {{"filter_metadata": "a", "key": "b"}}, "cookie": {{"keys": ["0123456789abcdef"]}}}}"#
+                ),
+                "endpoint_name: names endpoints of sealed cookies",
+            ),
+            (
+                r#"{"endpoint_name": {"filter_metadata": "", "key": "b"}, "cookie": {"keys": ["0123456789abcdef"]}}"#,
+                "endpoint_name.filter_metadata: \"\" must be 1 to 128 characters",
+            ),
+            (
+                r#"{"endpoint_name": {"filter": "a", "key": "b"}, "cookie": {"keys": ["0123456789abcdef"]}}"#,
+                "endpoint_name.filter: unknown field `filter`",
+            ),
+        ];
+        for (json, want) in cases {
+            let err = AffinityPolicy::from_json(json.as_bytes(), |_| None).unwrap_err().to_string();
+            assert!(err.contains(want), "{json}\n  got:  {err}\n  want: {want}");
         }
     }
 

@@ -3,7 +3,7 @@
 //! a growing `String`); these write the same text directly.
 
 use std::fmt::Write as _;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
 /// Appends `n` in decimal.
 pub fn push_u64(out: &mut String, mut n: u64) {
@@ -42,6 +42,19 @@ pub fn push_ip(out: &mut String, ip: IpAddr) {
     }
 }
 
+/// Appends `address` as `Display` writes it: `ip:port`, `[ipv6]:port`.
+pub fn push_socket_addr(out: &mut String, address: SocketAddr) {
+    if address.is_ipv6() {
+        out.push('[');
+    }
+    push_ip(out, address.ip());
+    if address.is_ipv6() {
+        out.push(']');
+    }
+    out.push(':');
+    push_u64(out, u64::from(address.port()));
+}
+
 /// `ip` as text.
 pub fn ip_string(ip: IpAddr) -> String {
     let mut out = String::with_capacity(15);
@@ -65,6 +78,10 @@ mod tests {
         for ip in ["0.0.0.0", "127.0.0.1", "10.200.3.45", "255.255.255.255", "::1", "2001:db8::7", "::ffff:1.2.3.4"] {
             let ip: IpAddr = ip.parse().unwrap();
             assert_eq!(ip_string(ip), ip.to_string());
+            let address = SocketAddr::new(ip, 8080);
+            let mut out = String::new();
+            push_socket_addr(&mut out, address);
+            assert_eq!(out, address.to_string());
         }
     }
 }

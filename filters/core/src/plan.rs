@@ -62,6 +62,9 @@ pub trait Facts {
     /// The endpoint that served (response side), as the routing contract tells it
     /// ([`crate::routing::served_address`]).
     fn served(&mut self) -> Option<SocketAddr>;
+    /// A value of the serving endpoint's metadata, `filter_metadata.<filter>.<key>` (response
+    /// side; EDS `metadata` as a control plane sends it).
+    fn endpoint_metadata(&mut self, filter: &str, key: &str) -> Option<Vec<u8>>;
     /// Shared data (one copy per VM id, seen by every worker): value and its CAS token.
     fn shared_data(&mut self, key: &str) -> (Option<Vec<u8>>, Option<u32>);
     /// Writes shared data if nobody changed it since `cas` was read; false on a lost race.
@@ -77,6 +80,8 @@ pub struct FixedFacts {
     pub now_ms: u64,
     pub routed_by: Option<Vec<u8>>,
     pub served: Option<SocketAddr>,
+    /// What every endpoint metadata key answers.
+    pub endpoint_metadata: Option<Vec<u8>>,
     pub shared: Vec<(String, Vec<u8>, u32)>,
     /// Which facts were asked for, in order (a policy that needs no clock reads none).
     pub asked: Vec<&'static str>,
@@ -106,6 +111,10 @@ impl Facts for FixedFacts {
     fn served(&mut self) -> Option<SocketAddr> {
         self.asked.push("served");
         self.served
+    }
+    fn endpoint_metadata(&mut self, _filter: &str, _key: &str) -> Option<Vec<u8>> {
+        self.asked.push("endpoint_metadata");
+        self.endpoint_metadata.clone()
     }
     fn shared_data(&mut self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
         self.asked.push("shared_data");

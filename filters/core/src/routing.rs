@@ -84,7 +84,9 @@ impl<'de> Deserialize<'de> for SessionHeader {
 
 /// The session header value that sends a request to `address`: `base64("ip:port")`.
 pub fn session_value(address: &SocketAddr) -> Rc<str> {
-    Rc::from(base64::engine::general_purpose::STANDARD.encode(address.to_string()))
+    let mut text = String::with_capacity(24);
+    crate::ascii::push_socket_addr(&mut text, *address);
+    Rc::from(base64::engine::general_purpose::STANDARD.encode(text))
 }
 
 /// Whether a routing filter earlier in the chain already decided this request.

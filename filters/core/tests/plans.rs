@@ -252,6 +252,39 @@ fn affinity_new_session_then_returning_user_then_redispatch() {
 }
 
 #[test]
+fn affinity_without_nodes_routes_to_the_sealed_endpoint_and_asks_its_name_only_if_configured() {
+    for (named, name_fact) in [(false, None), (true, Some(b"web-0".to_vec()))] {
+        let endpoint_name =
+            if named { r#""endpoint_name": {"filter_metadata": "tether", "key": "name"},"# } else { "" };
+        let json = format!(r#"{{{endpoint_name} "cookie": {{"keys": ["k-0123456789abcdef"]}}}}"#);
+        let policy = AffinityPolicy::from_json(json.as_bytes(), |_| None).unwrap();
+        let echo = HeaderMap::from_pairs([("x-tether-session", "MTAuMC4wLjc6ODA4MA==")]);
+        let mut facts = FixedFacts {
+            served: Some(addr("10.0.0.7:8080")),
+            endpoint_metadata: name_fact.clone(),
+            ..FixedFacts::default()
+        };
+        let (_, first) = policy.on_request(&HeaderMap::from_pairs([(":path", "/")]), &mut FixedFacts::default());
+        let (plan, outcome) = policy.on_response(&first, &echo, &mut facts);
+        assert_eq!(outcome.set, Some(SetReason::NewSession));
+        assert_eq!(facts.asked.contains(&"endpoint_metadata"), named, "{:?}", facts.asked);
+        let Edit::Add(set_cookie) = &plan.edits[1].1 else { panic!("{plan:?}") };
+        let cookie = String::from_utf8(set_cookie.to_vec()).unwrap().split(';').next().unwrap().to_string();
+        let (plan, back) = policy
+            .on_request(&HeaderMap::from_pairs([(":path", "/"), ("cookie", &cookie)]), &mut FixedFacts::default());
+        assert!(matches!(back.state, CookieState::Endpoint(_)), "{:?}", back.state);
+        assert_eq!(edits(&plan), [("x-tether-session", Some("MTAuMC4wLjc6ODA4MA==")), ("cookie", None)]);
+        assert_eq!(plan.route.map(|r| r.address), Some(addr("10.0.0.7:8080")));
+        // The pinned endpoint served: a returning user's response costs the name read only.
+        let mut facts =
+            FixedFacts { served: Some(addr("10.0.0.7:8080")), endpoint_metadata: name_fact, ..FixedFacts::default() };
+        assert_eq!(policy.on_response(&back, &HeaderMap::default(), &mut facts).1.set, None);
+        let want: &[&str] = if named { &["served", "endpoint_metadata", "now"] } else { &["served", "now"] };
+        assert_eq!(facts.asked, want);
+    }
+}
+
+#[test]
 fn affinity_leaves_a_request_another_filter_routed() {
     let policy = affinity();
     let headers = HeaderMap::from_pairs([(":path", "/git/x"), ("x-tether-session", "MTI3LjAuMC4xOjgwMDE=")]);

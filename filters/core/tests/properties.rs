@@ -5,10 +5,12 @@
 // Test code: a failed unwrap or index is a failed test, as in #[test] functions.
 #![allow(clippy::unwrap_used, clippy::indexing_slicing, clippy::panic)]
 
+use base64::Engine;
 use proptest::prelude::*;
+use std::net::{IpAddr, SocketAddr};
 use tether_core::body_limit::{check_headers, DeclaredLength, HeadersVerdict, Limit};
 use tether_core::hash::{key_hash, Maglev};
-use tether_core::token::{sign, verify, Claims, Key};
+use tether_core::token::{open, seal, sign, verify, Claims, Key};
 use tether_core::uri_hash::{uri_key, KeyRule};
 use tether_core::{cookie, forwarded};
 
@@ -19,8 +21,19 @@ fn key() -> Key {
 fn claims() -> impl Strategy<Value = Claims> {
     ("[a-z0-9-]{1,20}", any::<u32>(), any::<u32>()).prop_map(|(node, a, b)| Claims {
         node,
+        endpoint: None,
         first_seen: u64::from(a.min(b)),
         last_seen: u64::from(a.max(b)),
+    })
+}
+
+/// Claims of a sealed token: an endpoint (IPv4 or IPv6) and a name that may be empty.
+fn sealed_claims() -> impl Strategy<Value = Claims> {
+    let ip = prop_oneof![any::<[u8; 4]>().prop_map(IpAddr::from), any::<[u8; 16]>().prop_map(IpAddr::from),];
+    (claims(), "[a-z0-9-]{0,64}", ip, any::<u16>()).prop_map(|(c, node, ip, port)| Claims {
+        node,
+        endpoint: Some(SocketAddr::new(ip, port)),
+        ..c
     })
 }
 
@@ -46,6 +59,33 @@ proptest! {
         prop_assert_eq!(verify(&[key()], "OTHER", token.as_bytes()), None);
         let other = Key::new(b"another-key-0123456789abcdef").unwrap();
         prop_assert_eq!(verify(&[other], "SERVERID", token.as_bytes()), None);
+    }
+
+    /// A sealed token opens, with the same claims, exactly when it is untampered, and only for
+    /// its cookie name and key; it shows neither the address nor the name.
+    #[test]
+    fn a_sealed_token_opens_only_if_untampered(
+        c in sealed_claims(), nonce in any::<[u8; 12]>(), at in any::<prop::sample::Index>(), flip in 1u8..=255,
+    ) {
+        let token = seal(&key(), "SERVERID", &c, nonce).unwrap();
+        prop_assert_eq!(open(&[key()], "SERVERID", token.as_bytes()), Some(c.clone()));
+        prop_assert_eq!(open(&[key()], "OTHER", token.as_bytes()), None);
+        let other = Key::new(b"another-key-0123456789abcdef").unwrap();
+        prop_assert_eq!(open(std::slice::from_ref(&other), "SERVERID", token.as_bytes()), None);
+        prop_assert_eq!(open(&[other, key()], "SERVERID", token.as_bytes()), Some(c.clone()), "rotation");
+        let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(&token).unwrap();
+        let shown = |needle: &[u8]| !needle.is_empty() && raw.windows(needle.len()).any(|w| w == needle);
+        prop_assert!(!shown(c.node.as_bytes()) || c.node.len() < 4, "the name is readable");
+        let mut bytes = token.into_bytes();
+        let i = at.index(bytes.len());
+        bytes[i] ^= flip;
+        prop_assert_eq!(open(&[key()], "SERVERID", &bytes), None);
+    }
+
+    /// Garbage never opens and never panics.
+    #[test]
+    fn arbitrary_bytes_never_open(bytes in prop::collection::vec(any::<u8>(), 0..240)) {
+        prop_assert_eq!(open(&[key()], "SERVERID", &bytes), None);
     }
 
     /// Garbage never verifies and never panics.

@@ -59,6 +59,12 @@ pub mod property {
     /// The per-request mark of the routing filter that decided (value: its name).
     pub const ROUTED_BY: &[u8] = b"tether.routed_by";
 
+    /// `xds.upstream_host_metadata.filter_metadata.<filter>.<key>`: a value of the serving
+    /// endpoint's EDS metadata (Envoy answers a string as its bytes).
+    pub fn endpoint_metadata(filter: &str, key: &str) -> Vec<u8> {
+        [b"xds\0upstream_host_metadata\0filter_metadata\0", filter.as_bytes(), b"\0", key.as_bytes()].concat()
+    }
+
     /// `source.address`, for logs and tests.
     pub fn display(path: &[u8]) -> String {
         String::from_utf8_lossy(path).replace('\0', ".")

@@ -54,6 +54,10 @@ impl Facts for StreamFacts<'_> {
         served
     }
 
+    fn endpoint_metadata(&mut self, filter: &str, key: &str) -> Option<Vec<u8>> {
+        self.host.property(&property::endpoint_metadata(filter, key)).filter(|v| !v.is_empty())
+    }
+
     fn source_address(&mut self) -> Option<Vec<u8>> {
         let host = self.host;
         once(&mut self.memo.source_address, || host.property(property::SOURCE_ADDRESS))

@@ -1,0 +1,131 @@
+//! Endpoints as a control plane sends them: an EDS file that Envoy watches, rewritten while it
+//! serves (written beside the watched path and renamed over it, as a ConfigMap update or an
+//! xDS-from-files setup does).
+
+use crate::envoy::Envoy;
+use crate::http::admin_get;
+use crate::{wait_for, ScratchDir};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// One endpoint of the cluster: its address, its name in EDS metadata
+/// (`filter_metadata.tether.name`, and the EDS `hostname`), and whether it is draining.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    pub address: SocketAddr,
+    pub name: String,
+    pub draining: bool,
+}
+
+impl Endpoint {
+    pub fn new(name: &str, address: SocketAddr) -> Endpoint {
+        Endpoint { address, name: name.to_string(), draining: false }
+    }
+
+    pub fn draining(self) -> Endpoint {
+        Endpoint { draining: true, ..self }
+    }
+}
+
+/// The watched EDS file of the cluster `nodes`; each [`EdsFile::publish`] is a new version.
+pub struct EdsFile {
+    dir: ScratchDir,
+    version: u64,
+}
+
+impl EdsFile {
+    pub const FILE: &'static str = "eds.yaml";
+
+    /// A file with the first set of endpoints, ready before Envoy starts.
+    pub fn new(endpoints: &[Endpoint]) -> EdsFile {
+        let mut eds = EdsFile { dir: ScratchDir::new("eds"), version: 0 };
+        eds.publish(endpoints);
+        eds
+    }
+
+    /// The path Envoy watches.
+    pub fn path(&self) -> PathBuf {
+        self.dir.join(EdsFile::FILE)
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir.path
+    }
+
+    /// Replaces the endpoint set (atomically: write, then rename over the watched path).
+    pub fn publish(&mut self, endpoints: &[Endpoint]) {
+        self.version += 1;
+        let lb_endpoints: String = endpoints
+            .iter()
+            .map(|e| {
+                format!(
+                    r#"
+    - endpoint:
+        address: {{ socket_address: {{ address: "{ip}", port_value: {port} }} }}
+        hostname: {name}
+      health_status: {status}
+      metadata: {{ filter_metadata: {{ tether: {{ name: {name} }} }} }}"#,
+                    ip = e.address.ip(),
+                    port = e.address.port(),
+                    name = e.name,
+                    status = if e.draining { "DRAINING" } else { "HEALTHY" },
+                )
+            })
+            .collect();
+        let yaml = format!(
+            r#"version_info: "{version}"
+resources:
+- "@type": type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment
+  cluster_name: nodes
+  endpoints:
+  - lb_endpoints:{lb_endpoints}
+"#,
+            version = self.version
+        );
+        let temp = self.dir.join(&format!(".eds-{}.yaml", self.version));
+        std::fs::write(&temp, yaml).unwrap_or_else(|e| panic!("write {}: {e}", temp.display()));
+        std::fs::rename(&temp, self.path()).unwrap_or_else(|e| panic!("rename over {}: {e}", self.path().display()));
+    }
+}
+
+/// The endpoints Envoy has for the cluster `nodes`, with their health flags, from `/clusters`.
+pub fn cluster_endpoints(envoy: &Envoy) -> Vec<(SocketAddr, String)> {
+    let (_, body) = admin_get(envoy.admin, "/clusters").unwrap_or_else(|e| panic!("clusters: {e}"));
+    body.lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix("nodes::")?;
+            let (address, flags) = rest.split_once("::health_flags::")?;
+            Some((address.parse().ok()?, flags.to_string()))
+        })
+        .collect()
+}
+
+impl Envoy {
+    /// Waits until Envoy's endpoints of `nodes` are exactly `endpoints`, each healthy, and
+    /// draining where it should be (the EDS update has landed and health checks agree).
+    pub fn wait_for_endpoints(&self, endpoints: &[Endpoint]) {
+        let mut want: Vec<(SocketAddr, bool)> = endpoints.iter().map(|e| (e.address, e.draining)).collect();
+        want.sort();
+        let mut last = Vec::new();
+        let landed = crate::wait::poll(Duration::from_secs(15), || {
+            let mut have: Vec<(SocketAddr, bool)> = Vec::new();
+            last = cluster_endpoints(self);
+            for (address, flags) in &last {
+                // "healthy", or only the draining flag; anything else (a failed or pending
+                // health check, pending removal) is not there yet.
+                let draining = match flags.as_str() {
+                    "healthy" => false,
+                    "/eds_status_draining" => true,
+                    _ => return None,
+                };
+                have.push((*address, draining));
+            }
+            have.sort();
+            (have == want).then_some(())
+        });
+        if landed.is_none() {
+            wait_for(&format!("Envoy's endpoints to be {want:?}; last seen {last:?}"), Duration::ZERO, || None::<()>);
+        }
+    }
+}

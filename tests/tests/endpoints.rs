@@ -1,0 +1,304 @@
+//! Dynamic endpoints end to end (issue 15): affinity with no nodes table, its cookie sealing the
+//! endpoint that serves, while the cluster's endpoints come from EDS and change under load as
+//! pods scale, drain, restart with new addresses, and hand their addresses to new pods.
+
+// Needs Envoy (scripts/setup) and the built modules (scripts/build): `scripts/test` runs it.
+#![cfg(feature = "e2e")]
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use tether_core::token::{self, Claims, Key};
+use tether_e2e::eds::{EdsFile, Endpoint};
+use tether_e2e::http::{request, Response};
+use tether_e2e::{Envoy, EnvoyConfig, TestNode, WasmFilter};
+
+const HEADER: &str = "x-tether-session";
+const KEY: &str = "e2e-test-key-0123456789abcdef";
+/// Sealed cookies, named by the endpoint's EDS metadata (what Kubernetes calls the pod).
+const CONFIG: &str = r#"{"endpoint_name": {"filter_metadata": "tether", "key": "name"},
+    "cookie": {"keys": ["e2e-test-key-0123456789abcdef"], "maxidle": "1h"}}"#;
+
+fn start(endpoints: &[Endpoint], eds: &EdsFile) -> Envoy {
+    let config = EnvoyConfig::new(vec![WasmFilter::new("affinity", CONFIG)], &[]).with_eds(eds, endpoints);
+    Envoy::start(&config.with_routing(HEADER))
+}
+
+fn get(envoy: &Envoy, cookie: Option<&str>) -> Response {
+    let headers: Vec<(&str, &str)> = cookie.map(|c| ("cookie", c)).into_iter().collect();
+    let r = request(envoy.listener, "GET", "/", &headers).unwrap();
+    assert_eq!(r.status, 200, "{r:?}");
+    r
+}
+
+/// `SERVERID=<value>` from a response's Set-Cookie, if it sets ours.
+fn our_cookie(r: &Response) -> Option<String> {
+    r.all("set-cookie")
+        .into_iter()
+        .find(|c| c.starts_with("SERVERID="))
+        .map(|c| c.split(';').next().unwrap_or_default().to_string())
+}
+
+fn node_of(r: &Response) -> String {
+    r.header("x-node").unwrap_or_default().to_string()
+}
+
+/// A browser's session: its cookie and the pod it is on.
+struct Session {
+    cookie: String,
+    pod: String,
+}
+
+/// What one round of visits saw: sessions served where they were, moved (a new cookie for
+/// another pod), or given a new session by a pod that took their pod's address.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Round {
+    kept: usize,
+    moved: Vec<(String, String)>,
+    replaced: usize,
+}
+
+/// Every session makes one request; the cookie follows what the response sets.
+fn visit(envoy: &Envoy, sessions: &mut [Session]) -> Round {
+    let mut round = Round::default();
+    for s in sessions.iter_mut() {
+        let r = get(envoy, Some(&s.cookie));
+        let served = node_of(&r);
+        match our_cookie(&r) {
+            None => {
+                assert_eq!(served, s.pod, "a session left its pod without a new cookie");
+                round.kept += 1;
+            }
+            // The same pod keeps its session without a new cookie (refresh is minutes away).
+            Some(cookie) if served == s.pod => panic!("{served} served its own session and re-issued {cookie}"),
+            Some(cookie) => {
+                round.moved.push((s.pod.clone(), served.clone()));
+                s.cookie = cookie;
+                s.pod = served;
+            }
+        }
+    }
+    round
+}
+
+fn new_sessions(envoy: &Envoy, count: usize) -> Vec<Session> {
+    (0..count)
+        .map(|_| {
+            let r = get(envoy, None);
+            Session { cookie: our_cookie(&r).expect("a new session gets a cookie"), pod: node_of(&r) }
+        })
+        .collect()
+}
+
+fn on(sessions: &[Session], pod: &str) -> usize {
+    sessions.iter().filter(|s| s.pod == pod).count()
+}
+
+fn spread(sessions: &[Session]) -> BTreeMap<String, usize> {
+    let mut by_pod = BTreeMap::new();
+    for s in sessions {
+        *by_pod.entry(s.pod.clone()).or_default() += 1;
+    }
+    by_pod
+}
+
+/// Idempotent GETs from other sessions, one after another, for as long as the churn lasts:
+/// every answer that is not a 200 is a request a user saw fail.
+struct Load {
+    stop: Arc<AtomicBool>,
+    sent: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
+    moved: Arc<AtomicU64>,
+    thread: Option<std::thread::JoinHandle<Vec<String>>>,
+}
+
+impl Load {
+    fn start(envoy: &Envoy, cookies: Vec<String>) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let [sent, failed, moved] = [(); 3].map(|()| Arc::new(AtomicU64::new(0)));
+        let listener = envoy.listener;
+        let (stop2, sent2, failed2, moved2) = (stop.clone(), sent.clone(), failed.clone(), moved.clone());
+        let thread = std::thread::spawn(move || {
+            let mut errors = Vec::new();
+            let mut cookies = cookies;
+            let mut i = 0;
+            while !stop2.load(Ordering::SeqCst) {
+                let slot = i % cookies.len();
+                i += 1;
+                sent2.fetch_add(1, Ordering::SeqCst);
+                match request(listener, "GET", "/load", &[("cookie", &cookies[slot])]) {
+                    Ok(r) if r.status == 200 => {
+                        if let Some(c) = our_cookie(&r) {
+                            cookies[slot] = c;
+                            moved2.fetch_add(1, Ordering::SeqCst);
+                        }
+                    }
+                    other => {
+                        failed2.fetch_add(1, Ordering::SeqCst);
+                        errors.push(format!("{other:?}"));
+                    }
+                }
+            }
+            errors
+        });
+        Load { stop, sent, failed, moved, thread: Some(thread) }
+    }
+
+    /// Stops the load: (requests sent, failed, the failures, new cookies its sessions got).
+    fn finish(mut self) -> (u64, u64, Vec<String>, u64) {
+        self.stop.store(true, Ordering::SeqCst);
+        let errors = self.thread.take().map(|t| t.join().unwrap_or_default()).unwrap_or_default();
+        let count = |c: &AtomicU64| c.load(Ordering::SeqCst);
+        (count(&self.sent), count(&self.failed), errors, count(&self.moved))
+    }
+}
+
+#[test]
+fn sealed_sessions_through_scale_drain_removal_restart_and_address_reuse() {
+    let (a, mut b, mut c) = (TestNode::start("pod-a"), TestNode::start("pod-b"), TestNode::start("pod-c"));
+    let mut endpoints =
+        vec![Endpoint::new("pod-a", a.addr), Endpoint::new("pod-b", b.addr), Endpoint::new("pod-c", c.addr)];
+    let mut eds = EdsFile::new(&endpoints);
+    let envoy = start(&endpoints, &eds);
+    let redispatched = "wasmcustom.tether_affinity.redispatched";
+    let replaced = "wasmcustom.tether_affinity.endpoint_replaced";
+
+    let mut sessions = new_sessions(&envoy, 45);
+    for pod in ["pod-a", "pod-b", "pod-c"] {
+        assert!(on(&sessions, pod) > 0, "new sessions spread over every pod: {:?}", spread(&sessions));
+    }
+    let cookie = &sessions[0].cookie;
+    assert!(!cookie.contains("127.0.0.1") && !cookie.contains(&a.addr.port().to_string()), "sealed: {cookie}");
+    assert_eq!(visit(&envoy, &mut sessions), Round { kept: 45, ..Round::default() });
+    let load = Load::start(&envoy, new_sessions(&envoy, 6).into_iter().map(|s| s.cookie).collect());
+    let mut moved_total = 0;
+
+    // Scale up 3 → 4: no session moves; new sessions reach the new pod.
+    let d = TestNode::start("pod-d");
+    endpoints.push(Endpoint::new("pod-d", d.addr));
+    eds.publish(&endpoints);
+    envoy.wait_for_endpoints(&endpoints);
+    assert_eq!(visit(&envoy, &mut sessions), Round { kept: 45, ..Round::default() }, "scale up");
+    let fresh = new_sessions(&envoy, 40);
+    assert!(on(&fresh, "pod-d") > 0, "the new pod gets new sessions: {:?}", spread(&fresh));
+    sessions.extend(fresh);
+
+    // Drain pod-a: its sessions stay on it; new sessions avoid it.
+    let on_a = on(&sessions, "pod-a");
+    endpoints[0] = Endpoint::new("pod-a", a.addr).draining();
+    eds.publish(&endpoints);
+    envoy.wait_for_endpoints(&endpoints);
+    assert_eq!(visit(&envoy, &mut sessions).kept, sessions.len(), "draining keeps every session");
+    let fresh = new_sessions(&envoy, 40);
+    assert_eq!(on(&fresh, "pod-a"), 0, "a draining pod gets no new session: {:?}", spread(&fresh));
+
+    // Scale down 4 → 3: remove pod-a (still alive and healthy, as a pod in its grace period): its sessions move
+    // once, the others stay; a second round moves nothing.
+    endpoints.remove(0);
+    eds.publish(&endpoints);
+    envoy.wait_for_endpoints(&endpoints);
+    let round = visit(&envoy, &mut sessions);
+    assert_eq!(round.moved.len(), on_a, "every pod-a session moves: {round:?}");
+    assert!(round.moved.iter().all(|(from, to)| from == "pod-a" && to != "pod-a"), "{round:?}");
+    moved_total += round.moved.len();
+    assert_eq!(visit(&envoy, &mut sessions).kept, sessions.len(), "moved once");
+    assert!(envoy.counter_at_least(redispatched, moved_total as u64) >= moved_total as u64);
+    drop(a);
+
+    let on_b = on(&sessions, "pod-b");
+    // pod-b restarts (killed, comes back on a new port with the same name, as a StatefulSet's
+    // pod does): its sessions move once. The process answers as "pod-b.2" so the test can tell.
+    b.kill();
+    let b2 = TestNode::start("pod-b.2");
+    endpoints[0] = Endpoint::new("pod-b", b2.addr);
+    eds.publish(&endpoints);
+    envoy.wait_for_endpoints(&endpoints);
+    let round = visit(&envoy, &mut sessions);
+    assert_eq!(round.moved.len(), on_b, "every pod-b session moves once: {round:?}");
+    moved_total += round.moved.len();
+    assert_eq!(visit(&envoy, &mut sessions).kept, sessions.len(), "moved once");
+
+    // A new pod gets pod-c's address: pod-c's sessions must not pass for sessions of pod-e.
+    // Each is answered by pod-e (its address was pinned) and given a new session, once.
+    let on_c = on(&sessions, "pod-c");
+    let address = c.addr;
+    c.kill();
+    let e = TestNode::start_on_port("pod-e", address.port());
+    endpoints[1] = Endpoint::new("pod-e", address);
+    eds.publish(&endpoints);
+    envoy.wait_for_endpoints(&endpoints);
+    let mut replaced_sessions = 0;
+    for s in sessions.iter_mut().filter(|s| s.pod == "pod-c") {
+        let r = get(&envoy, Some(&s.cookie));
+        assert_eq!(node_of(&r), "pod-e", "the pinned address now is pod-e");
+        s.cookie = our_cookie(&r).expect("a new session for pod-e");
+        s.pod = "pod-e".to_string();
+        replaced_sessions += 1;
+    }
+    assert_eq!(replaced_sessions, on_c);
+    assert_eq!(visit(&envoy, &mut sessions).kept, sessions.len(), "replaced once");
+    assert!(envoy.counter_at_least(replaced, on_c as u64) >= on_c as u64);
+
+    let (sent, failed, errors, load_moved) = load.finish();
+    let [moves, replacements] = envoy.counters_after_tick([redispatched, replaced]);
+    // Every new cookie the filter counted is one a client saw: these sessions' and the load's.
+    assert_eq!(moves + replacements, (moved_total + on_c) as u64 + load_moved, "counters against clients");
+    eprintln!(
+        "dynamic endpoints: {} sessions; moved once {moved_total} (pod-a removed {on_a}, pod-b restarted {on_b}); \
+         replaced {on_c} (pod-c's address reused); wrongly moved 0; load {sent} GETs, {failed} failed, {load_moved} of its sessions moved; \
+         counters redispatched {moves}, endpoint_replaced {replacements}",
+        sessions.len()
+    );
+    assert_eq!(failed, 0, "idempotent requests failed during the churn: {errors:?}");
+    assert!(sent > 50, "the load ran through the churn ({sent} requests)");
+    drop((d, e));
+}
+
+#[test]
+fn forged_tampered_retired_and_vanished_endpoint_cookies_are_new_sessions() {
+    let (a, b) = (TestNode::start("pod-a"), TestNode::start("pod-b"));
+    let endpoints = [Endpoint::new("pod-a", a.addr), Endpoint::new("pod-b", b.addr)];
+    let eds = EdsFile::new(&endpoints);
+    let envoy = start(&endpoints, &eds);
+    let genuine = our_cookie(&get(&envoy, None)).unwrap();
+    let mut tampered = genuine.clone().into_bytes();
+    let at = tampered.len() - 5;
+    tampered[at] = if tampered[at] == b'A' { b'B' } else { b'A' };
+    let claims = |address: &str| Claims {
+        node: String::new(),
+        endpoint: Some(address.parse().unwrap()),
+        first_seen: 1,
+        last_seen: u64::MAX / 2,
+    };
+    let retired = Key::new(b"a-retired-key-0123456789abcdef").unwrap();
+    let key = Key::new(KEY.as_bytes()).unwrap();
+    let forged = format!("SERVERID={}", base64_of(&a.addr.to_string()));
+    let cases = [
+        ("forged", forged, "invalid"),
+        ("tampered", String::from_utf8(tampered).unwrap(), "invalid"),
+        (
+            "retired key",
+            format!("SERVERID={}", token::seal(&retired, "SERVERID", &claims(&a.addr.to_string()), [1; 12]).unwrap()),
+            "invalid",
+        ),
+        // Genuine, for an endpoint the cluster no longer has: Envoy's load balancer chooses, the
+        // session moves there.
+        (
+            "vanished endpoint",
+            format!("SERVERID={}", token::seal(&key, "SERVERID", &claims("127.0.0.1:9"), [2; 12]).unwrap()),
+            "moved",
+        ),
+    ];
+    for (what, cookie, _) in &cases {
+        let r = get(&envoy, Some(cookie));
+        assert!(our_cookie(&r).is_some(), "{what}: answered normally with a new cookie");
+    }
+    assert_eq!(envoy.counter("wasmcustom.tether_affinity.invalid_cookie", 3), 3);
+    assert_eq!(envoy.counter("wasmcustom.tether_affinity.redispatched", 1), 1);
+    assert!(envoy.error_lines().is_empty(), "{:?}", envoy.error_lines());
+}
+
+fn base64_of(text: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(text)
+}
