@@ -5,6 +5,7 @@
 use crate::envoy::Envoy;
 use crate::http::admin_get;
 use crate::{wait_for, ScratchDir};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -89,16 +90,21 @@ resources:
     }
 }
 
-/// The endpoints Envoy has for the cluster `nodes`, with their health flags, from `/clusters`.
-pub fn cluster_endpoints(envoy: &Envoy) -> Vec<(SocketAddr, String)> {
+/// The endpoints Envoy has for each cluster over the EDS endpoints (`nodes`, and
+/// `nodes-hashed` where configured), with their health flags, from `/clusters`.
+pub fn cluster_endpoints(envoy: &Envoy) -> BTreeMap<String, Vec<(SocketAddr, String)>> {
     let (_, body) = admin_get(envoy.admin, "/clusters").unwrap_or_else(|e| panic!("clusters: {e}"));
-    body.lines()
-        .filter_map(|l| {
-            let rest = l.strip_prefix("nodes::")?;
-            let (address, flags) = rest.split_once("::health_flags::")?;
-            Some((address.parse().ok()?, flags.to_string()))
-        })
-        .collect()
+    let mut clusters: BTreeMap<String, Vec<(SocketAddr, String)>> = BTreeMap::new();
+    for line in body.lines() {
+        let Some((cluster, rest)) = line.split_once("::") else { continue };
+        let Some((address, flags)) = rest.split_once("::health_flags::") else { continue };
+        if cluster == "nodes" || cluster == "nodes-hashed" {
+            if let Ok(address) = address.parse() {
+                clusters.entry(cluster.to_string()).or_default().push((address, flags.to_string()));
+            }
+        }
+    }
+    clusters
 }
 
 impl Envoy {
@@ -107,22 +113,25 @@ impl Envoy {
     pub fn wait_for_endpoints(&self, endpoints: &[Endpoint]) {
         let mut want: Vec<(SocketAddr, bool)> = endpoints.iter().map(|e| (e.address, e.draining)).collect();
         want.sort();
-        let mut last = Vec::new();
+        let mut last = BTreeMap::new();
         let landed = crate::wait::poll(Duration::from_secs(15), || {
-            let mut have: Vec<(SocketAddr, bool)> = Vec::new();
             last = cluster_endpoints(self);
-            for (address, flags) in &last {
-                // "healthy", or only the draining flag; anything else (a failed or pending
-                // health check, pending removal) is not there yet.
-                let draining = match flags.as_str() {
-                    "healthy" => false,
-                    "/eds_status_draining" => true,
-                    _ => return None,
-                };
-                have.push((*address, draining));
-            }
-            have.sort();
-            (have == want).then_some(())
+            let landed = |hosts: &Vec<(SocketAddr, String)>| {
+                let mut have: Vec<(SocketAddr, bool)> = Vec::new();
+                for (address, flags) in hosts {
+                    // "healthy", or only the draining flag; anything else (a failed or pending
+                    // health check, pending removal) is not there yet.
+                    let draining = match flags.as_str() {
+                        "healthy" => false,
+                        "/eds_status_draining" => true,
+                        _ => return false,
+                    };
+                    have.push((*address, draining));
+                }
+                have.sort();
+                have == want
+            };
+            (!last.is_empty() && last.values().all(landed)).then_some(())
         });
         if landed.is_none() {
             wait_for(&format!("Envoy's endpoints to be {want:?}; last seen {last:?}"), Duration::ZERO, || None::<()>);

@@ -142,6 +142,10 @@ pub struct EnvoyConfig {
     /// at once (`ignore_health_on_host_removal`), and draining ones keep their pinned sessions
     /// (`override_host_status` with DRAINING).
     pub eds: Option<PathBuf>,
+    /// Path prefixes routed by Envoy's hash policy on the session header (uri-hash without a
+    /// nodes table), to a second cluster over the same EDS endpoints, `nodes-hashed`: Maglev on
+    /// endpoint host names with bounded load, `stateful_session` disabled on these routes.
+    pub hashed_prefixes: Vec<String>,
 }
 
 impl EnvoyConfig {
@@ -160,6 +164,7 @@ impl EnvoyConfig {
             idempotent_retry_on: None,
             concurrency: 1,
             eds: None,
+            hashed_prefixes: Vec::new(),
         }
     }
 
@@ -222,6 +227,27 @@ impl EnvoyConfig {
         )
     }
 
+    /// A route whose endpoint Envoy's hash policy chooses from the session header's value.
+    fn hashed_route(&self, prefix: &str) -> String {
+        let header = self.session_header.as_deref().unwrap_or(crate::workload::SESSION_HEADER);
+        format!(
+            r#"
+              - match: {{ prefix: "{prefix}" }}
+                route:
+                  cluster: nodes-hashed
+                  timeout: 30s
+                  hash_policy: [{{ header: {{ header_name: {header} }} }}]
+                  retry_policy:
+                    retry_on: {retry_on}
+                    num_retries: 3
+                typed_per_filter_config:
+                  envoy.filters.http.stateful_session:
+                    "@type": type.googleapis.com/envoy.extensions.filters.http.stateful_session.v3.StatefulSessionPerRoute
+                    disabled: true"#,
+            retry_on = self.retry_on,
+        )
+    }
+
     pub fn yaml(&self) -> String {
         let mut filters: String = self.filters.iter().map(WasmFilter::yaml).collect();
         filters.extend(self.raw_filters.iter().cloned());
@@ -234,7 +260,8 @@ impl EnvoyConfig {
                 EnvoyConfig::session_state(header, false).replace("\n                ", "\n              ")
             ));
         }
-        let mut routes: String = self.strict_prefixes.iter().map(|p| self.route(p, true)).collect();
+        let mut routes: String = self.hashed_prefixes.iter().map(|p| self.hashed_route(p)).collect();
+        routes.extend(self.strict_prefixes.iter().map(|p| self.route(p, true)));
         if let Some(retry_on) = &self.idempotent_retry_on {
             let methods =
                 r#", headers: [{ name: ":method", string_match: { safe_regex: { regex: "GET|HEAD|OPTIONS" } } }]"#;
@@ -319,6 +346,33 @@ impl EnvoyConfig {
         if self.ipv6 {
             listeners.push_str(&listener("ipv6", "::1", None));
         }
+        let hashed_cluster = match (&self.eds, self.hashed_prefixes.is_empty()) {
+            (Some(path), false) => format!(
+                r#"
+  - name: nodes-hashed
+    type: EDS
+    eds_cluster_config:
+      service_name: nodes
+      eds_config:
+        resource_api_version: V3
+        path_config_source:
+          path: {path:?}
+          watched_directory: {{ path: {dir:?} }}
+    ignore_health_on_host_removal: true
+    common_lb_config: {{ update_merge_window: 0s }}
+    connect_timeout: 2s
+    load_balancing_policy:
+      policies:
+      - typed_extension_config:
+          name: envoy.load_balancing_policies.maglev
+          typed_config:
+            "@type": type.googleapis.com/envoy.extensions.load_balancing_policies.maglev.v3.Maglev
+            consistent_hashing_lb_config: {{ use_hostname_for_hashing: true, hash_balance_factor: 150 }}{health_checks}"#,
+                dir = path.parent().unwrap_or(path),
+            ),
+            (None, false) => panic!("hashed_prefixes need EDS endpoints (with_eds): Maglev hashes their host names"),
+            (_, true) => String::new(),
+        };
         let (node, discovery) = match &self.eds {
             None => (
                 String::new(),
@@ -361,7 +415,7 @@ static_resources:
   clusters:
   - name: nodes{discovery}
     connect_timeout: 2s
-    lb_policy: LEAST_REQUEST{health_checks}
+    lb_policy: LEAST_REQUEST{health_checks}{hashed_cluster}
 "#
         )
     }

@@ -65,6 +65,9 @@ pub fn affinity_sealed() -> String {
     )
 }
 
+/// uri-hash with no nodes table: the key's hash goes to Envoy's hash policy.
+pub const URI_HASH_BY_ENVOY: &str = r#"{"prefixes": ["/project/"], "depth": 2}"#;
+
 /// The three bench nodes as the filters' nodes table sees them (the host reports the first as
 /// the upstream that served).
 pub const NODES: [(&str, &str); 3] = [

@@ -302,3 +302,106 @@ fn base64_of(text: &str) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(text)
 }
+
+/// Where each project's requests go, by the pod's EDS name (a restarted pod answers as
+/// "<name>.2" but is the same endpoint name to Envoy).
+fn project_homes(envoy: &Envoy, projects: &[String], cookie: Option<&str>) -> BTreeMap<String, String> {
+    projects
+        .iter()
+        .map(|p| {
+            let headers: Vec<(&str, &str)> = cookie.map(|c| ("cookie", c)).into_iter().collect();
+            let r = request(envoy.listener, "GET", &format!("{p}/output/output.pdf"), &headers).unwrap();
+            assert_eq!(r.status, 200, "{p}: {r:?}");
+            assert!(our_cookie(&r).is_none(), "{p}: a hashed request never touches the session cookie");
+            (p.clone(), node_of(&r).trim_end_matches(".2").to_string())
+        })
+        .collect()
+}
+
+fn moved(before: &BTreeMap<String, String>, after: &BTreeMap<String, String>) -> Vec<(String, String)> {
+    before
+        .iter()
+        .filter(|(p, home)| after.get(*p) != Some(home))
+        .map(|(p, home)| (home.clone(), after[p].clone()))
+        .collect()
+}
+
+fn wait_until_every_cluster_sees(envoy: &Envoy, address: std::net::SocketAddr, healthy: bool) {
+    tether_e2e::wait_for(
+        &format!("{address} healthy={healthy} in every cluster"),
+        std::time::Duration::from_secs(10),
+        || {
+            let clusters = tether_e2e::eds::cluster_endpoints(envoy);
+            let flags: Vec<&String> = clusters
+                .values()
+                .flat_map(|hosts| hosts.iter().filter(|(a, _)| *a == address).map(|(_, f)| f))
+                .collect();
+            (flags.len() == clusters.len() && flags.iter().all(|f| (f.as_str() == "healthy") == healthy)).then_some(())
+        },
+    );
+}
+
+#[test]
+fn projects_hash_over_live_endpoints_by_name_through_eds_churn() {
+    let (a, mut b, c) = (TestNode::start("pod-a"), TestNode::start("pod-b"), TestNode::start("pod-c"));
+    let mut endpoints =
+        vec![Endpoint::new("pod-a", a.addr), Endpoint::new("pod-b", b.addr), Endpoint::new("pod-c", c.addr)];
+    let mut eds = EdsFile::new(&endpoints);
+    let chain = vec![
+        WasmFilter::new("uri-hash", r#"{"prefixes": ["/project/"], "depth": 2}"#),
+        WasmFilter::new("affinity", CONFIG),
+    ];
+    let mut config = EnvoyConfig::new(chain, &[]).with_eds(&eds, &endpoints).with_routing(HEADER);
+    config.hashed_prefixes = vec!["/project/".to_string()];
+    let envoy = Envoy::start(&config);
+    envoy.wait_for_endpoints(&endpoints);
+    let projects: Vec<String> = (0..120).map(|i| format!("/project/{:024x}", i * 7919 + 13)).collect();
+
+    // One project, one pod; a browser's session cookie does not change that (uri-hash decided,
+    // affinity leaves the request and its cookie alone).
+    let homes = project_homes(&envoy, &projects, None);
+    let session = our_cookie(&get(&envoy, None)).unwrap();
+    assert_eq!(project_homes(&envoy, &projects, Some(&session)), homes, "stable, cookie or not");
+    let per_pod = |homes: &BTreeMap<String, String>, pod: &str| homes.values().filter(|h| *h == pod).count();
+    for pod in ["pod-a", "pod-b", "pod-c"] {
+        assert!(per_pod(&homes, pod) > 15, "{pod} gets its share: {homes:?}");
+    }
+
+    // pod-b restarts on a new address with the same name: no project moves.
+    b.kill();
+    let b2 = TestNode::start("pod-b.2");
+    endpoints[1] = Endpoint::new("pod-b", b2.addr);
+    eds.publish(&endpoints);
+    envoy.wait_for_endpoints(&endpoints);
+    let after_restart = project_homes(&envoy, &projects, None);
+    assert_eq!(moved(&homes, &after_restart), vec![], "a restart with the same name moves nothing");
+
+    // Scale up: only projects that move to the new pod move.
+    let d = TestNode::start("pod-d");
+    endpoints.push(Endpoint::new("pod-d", d.addr));
+    eds.publish(&endpoints);
+    envoy.wait_for_endpoints(&endpoints);
+    let after_scale = project_homes(&envoy, &projects, None);
+    let to_d = moved(&after_restart, &after_scale);
+    assert!(!to_d.is_empty() && to_d.iter().all(|(_, to)| to == "pod-d"), "only to the new pod: {to_d:?}");
+
+    // pod-a fails its health checks: only its projects move; they come back when it recovers.
+    a.set_healthy(false);
+    wait_until_every_cluster_sees(&envoy, a.addr, false);
+    let while_down = project_homes(&envoy, &projects, None);
+    let away = moved(&after_scale, &while_down);
+    assert_eq!(away.len(), per_pod(&after_scale, "pod-a"), "all of pod-a's projects, no others: {away:?}");
+    assert!(away.iter().all(|(from, _)| from == "pod-a"), "{away:?}");
+    a.set_healthy(true);
+    wait_until_every_cluster_sees(&envoy, a.addr, true);
+    assert_eq!(project_homes(&envoy, &projects, None), after_scale, "back after recovery");
+    eprintln!(
+        "hashed projects: {} over 3 pods; restart with the same name moved 0; scale 3->4 moved {} (all to the new pod); \
+         pod-a down moved its {} and they came back",
+        projects.len(),
+        to_d.len(),
+        away.len()
+    );
+    assert_eq!(envoy.counter("wasmcustom.tether_uri_hash.hashed", 120 * 6), 120 * 6);
+    drop((c, d));
+}

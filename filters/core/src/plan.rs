@@ -17,7 +17,9 @@ pub struct LocalReply {
 pub struct Route {
     /// The filter's name, for `tether.routed_by`.
     pub by: &'static str,
-    pub address: SocketAddr,
+    /// The endpoint, or `None` when Envoy chooses it from what the filter wrote (uri-hash
+    /// without a nodes table: the route's hash policy).
+    pub address: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -137,7 +137,16 @@ pub fn claim(headers: &HeaderMap, header: &SessionHeader, facts: &mut dyn Facts,
 /// Envoy's `stateful_session`, and the route for the adapter (which marks the request).
 pub fn route(plan: &mut Plan, header: &SessionHeader, by: &'static str, address: SocketAddr, value: &Rc<str>) {
     plan.set(header.shared(), value);
-    plan.route = Some(Route { by, address });
+    plan.route = Some(Route { by, address: Some(address) });
+}
+
+/// Leaves the endpoint to Envoy's hash policy on the session header, which carries `key`:
+/// the route hashes it (`hash_policy: [{header: {header_name: <session header>}}]`, Maglev
+/// over the live endpoints) and has `stateful_session` disabled. The request is marked decided
+/// like any routed one, so later routing filters leave it alone.
+pub fn hash(plan: &mut Plan, header: &SessionHeader, by: &'static str, key: Vec<u8>) {
+    plan.set(header.shared(), key);
+    plan.route = Some(Route { by, address: None });
 }
 
 /// The response side: the endpoint that served. Envoy's `stateful_session` (header mode) writes

@@ -70,7 +70,9 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 struct UriHashConfig {
     #[serde(default)]
     session_header: SessionHeader,
-    nodes: Nodes,
+    /// Absent: Envoy hashes over the live endpoints (the route's hash policy on the session
+    /// header, which carries the key's hash).
+    nodes: Option<Nodes>,
     #[serde(default = "default_prefixes")]
     prefixes: Vec<String>,
     #[serde(default)]
@@ -81,8 +83,7 @@ struct UriHashConfig {
     whole: bool,
     #[serde(default = "yes")]
     path_only: bool,
-    #[serde(default = "default_cooldown")]
-    failover_cooldown: HumanDuration,
+    failover_cooldown: Option<HumanDuration>,
 }
 
 fn default_prefixes() -> Vec<String> {
@@ -91,21 +92,26 @@ fn default_prefixes() -> Vec<String> {
 fn yes() -> bool {
     true
 }
-fn default_cooldown() -> HumanDuration {
-    HumanDuration(Duration::from_secs(30))
-}
+const DEFAULT_COOLDOWN: Duration = Duration::from_secs(30);
 
 /// The compiled uri-hash configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UriHashPolicy {
     session_header: SessionHeader,
+    prefixes: Vec<RequestMatch>,
+    rule: KeyRule,
+    /// The nodes table and the filter's own Maglev table, or `None`: Envoy's hash policy.
+    table: Option<NodeTable>,
+}
+
+/// Hashing over a nodes table: the filter chooses the node and pins it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct NodeTable {
     nodes: Nodes,
     session_values: Vec<Rc<str>>,
     names: Vec<String>,
-    prefixes: Vec<RequestMatch>,
-    rule: KeyRule,
     cooldown_ms: u64,
-    table: Maglev,
+    maglev: Maglev,
 }
 
 /// The node chosen for a request.
@@ -128,23 +134,20 @@ impl UriHashPolicy {
             prefixes.push(RequestMatch::prefix(p, &format!("prefixes[{i}]"))?);
         }
         crate::request_match::check_reachable(prefixes.iter(), |i| format!("prefixes[{i}]"))?;
-        if c.nodes.len() > crate::hash::MAX_NODES {
-            return Err(ConfigError::at("nodes", format!("at most {} nodes", crate::hash::MAX_NODES)));
-        }
-        let cooldown_ms = u64::try_from(c.failover_cooldown.as_duration().as_millis()).unwrap_or(u64::MAX);
-        if cooldown_ms < 1000 {
-            return Err(ConfigError::at("failover_cooldown", "must be at least 1s"));
-        }
-        let weighted: Vec<(&str, u32)> = c.nodes.iter().map(|n| (n.name.as_str(), n.weight)).collect();
-        let table = Maglev::new(&weighted);
+        let table = match c.nodes {
+            None if c.failover_cooldown.is_some() => {
+                return Err(ConfigError::at(
+                    "failover_cooldown",
+                    "only with a nodes table: without one, Envoy's hash policy moves an unhealthy endpoint's keys and brings them back",
+                ))
+            }
+            None => None,
+            Some(nodes) => Some(NodeTable::new(nodes, c.failover_cooldown)?),
+        };
         Ok(UriHashPolicy {
             session_header: c.session_header,
-            session_values: c.nodes.iter().map(|n| session_value(&n.address)).collect(),
-            names: c.nodes.iter().map(|n| n.name.clone()).collect(),
-            nodes: c.nodes,
             prefixes,
             rule: KeyRule { depth: c.depth, len: c.len, whole: c.whole, path_only: c.path_only },
-            cooldown_ms,
             table,
         })
     }
@@ -153,20 +156,21 @@ impl UriHashPolicy {
         &self.session_header
     }
 
-    pub fn nodes(&self) -> &Nodes {
-        &self.nodes
+    /// The nodes table, if the filter chooses the node itself.
+    pub fn nodes(&self) -> Option<&Nodes> {
+        self.table.as_ref().map(|t| &t.nodes)
     }
 
-    pub fn cooldown_ms(&self) -> u64 {
-        self.cooldown_ms
+    pub fn cooldown_ms(&self) -> Option<u64> {
+        self.table.as_ref().map(|t| t.cooldown_ms)
     }
 
     pub fn session_value(&self, node: usize) -> Option<&Rc<str>> {
-        self.session_values.get(node)
+        self.table.as_ref()?.session_values.get(node)
     }
 
     pub fn node_name(&self, node: usize) -> Option<&str> {
-        self.names.get(node).map(String::as_str)
+        self.table.as_ref()?.names.get(node).map(String::as_str)
     }
 
     /// The key for a request this filter handles (`None`: not under any prefix).
@@ -178,32 +182,64 @@ impl UriHashPolicy {
     /// The key's node, or while that node is seen down (`is_down`), its first alternative that
     /// is not: the same choice for a key on every worker and instance.
     pub fn choose(&self, key: &[u8], is_down: impl Fn(&str) -> bool) -> Option<Choice> {
-        let primary = self.table.lookup(key_hash(key))?;
-        let down = |i: usize| self.names.get(i).is_some_and(|n| is_down(n));
+        let table = self.table.as_ref()?;
+        let primary = table.maglev.lookup(key_hash(key))?;
+        let down = |i: usize| table.names.get(i).is_some_and(|n| is_down(n));
         if !down(primary) {
             return Some(Choice { primary, node: primary });
         }
         // Alternatives that land on the primary or another down node are skipped; after a
         // few dozen tries (every node down, practically) the primary is used anyway.
         (1..=64u32)
-            .filter_map(|attempt| self.table.lookup(alternative_hash(key, attempt)))
+            .filter_map(|attempt| table.maglev.lookup(alternative_hash(key, attempt)))
             .find(|&i| i != primary && !down(i))
             .map_or(Some(Choice { primary, node: primary }), |node| Some(Choice { primary, node }))
     }
 
     pub fn summary(&self) -> String {
+        let over = match &self.table {
+            Some(t) => format!("{} node(s), failover cooldown {} ms", t.nodes.len(), t.cooldown_ms),
+            None => "the endpoints Envoy has (the route's hash policy on the session header)".to_string(),
+        };
         format!(
-            "{} node(s), {} prefix(es), depth {}, len {}, whole {}, path_only {}, failover cooldown {} ms, session header {}",
-            self.nodes.len(),
+            "{over}, {} prefix(es), depth {}, len {}, whole {}, path_only {}, session header {}",
             self.prefixes.len(),
             self.rule.depth,
             self.rule.len,
             self.rule.whole,
             self.rule.path_only,
-            self.cooldown_ms,
             self.session_header.name()
         )
     }
+}
+
+impl NodeTable {
+    fn new(nodes: Nodes, cooldown: Option<HumanDuration>) -> Result<NodeTable, ConfigError> {
+        if nodes.len() > crate::hash::MAX_NODES {
+            return Err(ConfigError::at("nodes", format!("at most {} nodes", crate::hash::MAX_NODES)));
+        }
+        let cooldown = cooldown.map_or(DEFAULT_COOLDOWN, |c| c.as_duration());
+        let cooldown_ms = u64::try_from(cooldown.as_millis()).unwrap_or(u64::MAX);
+        if cooldown_ms < 1000 {
+            return Err(ConfigError::at("failover_cooldown", "must be at least 1s"));
+        }
+        let weighted: Vec<(&str, u32)> = nodes.iter().map(|n| (n.name.as_str(), n.weight)).collect();
+        Ok(NodeTable {
+            maglev: Maglev::new(&weighted),
+            session_values: nodes.iter().map(|n| session_value(&n.address)).collect(),
+            names: nodes.iter().map(|n| n.name.clone()).collect(),
+            nodes,
+            cooldown_ms,
+        })
+    }
+}
+
+/// The session header value that carries a key to Envoy's hash policy: the key's hash, 16 hex
+/// digits (fixed length whatever the path; the path itself reaches the backend anyway).
+pub fn hash_value(key: &[u8]) -> Vec<u8> {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let hash = key_hash(key);
+    (0..16).rev().map(|i| HEX.get(((hash >> (i * 4)) & 0xf) as usize).copied().unwrap_or(b'0')).collect()
 }
 
 /// Nodes seen down, with when to try them again: the value kept in proxy-wasm shared data so
@@ -253,7 +289,9 @@ pub const ROUTED_BY: &str = "uri-hash";
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct UriHashRequest {
     pub claim: Claim,
-    /// The node chosen for a hashed request.
+    /// The request was under a prefix and hashed (by the filter or, without nodes, by Envoy).
+    pub hashed: bool,
+    /// The node chosen for a hashed request (with a nodes table).
     pub choice: Option<Choice>,
 }
 
@@ -275,19 +313,27 @@ impl UriHashPolicy {
     pub fn on_request(&self, headers: &HeaderMap, facts: &mut dyn Facts) -> (Plan, UriHashRequest) {
         let mut plan = Plan::default();
         let claim = routing::claim(headers, &self.session_header, facts, &mut plan);
-        let mut request = UriHashRequest { claim, choice: None };
+        let mut request = UriHashRequest { claim, ..UriHashRequest::default() };
         if claim == Claim::DecidedEarlier {
             return (plan, request);
         }
         let Some(key) = self.key_for(headers.get(":path").unwrap_or_default()) else {
             return (plan, request); // not ours: untouched
         };
+        let Some(table) = &self.table else {
+            // No nodes table: the route's hash policy chooses among the live endpoints.
+            routing::hash(&mut plan, &self.session_header, ROUTED_BY, hash_value(key));
+            request.hashed = true;
+            return (plan, request);
+        };
         let now = facts.now_ms();
         let down = DownList::parse(facts.shared_data(DOWN_KEY).0.as_deref());
         let Some(choice) = self.choose(key, |n| down.is_down(n, now)) else { return (plan, request) };
-        if let (Some(value), Some(node)) = (self.session_value(choice.node), self.nodes.iter().nth(choice.node)) {
+        if let (Some(value), Some(node)) = (table.session_values.get(choice.node), table.nodes.iter().nth(choice.node))
+        {
             routing::route(&mut plan, &self.session_header, ROUTED_BY, node.address, value);
             request.choice = Some(choice);
+            request.hashed = true;
         }
         (plan, request)
     }
@@ -303,9 +349,11 @@ impl UriHashPolicy {
     ) -> (Plan, UriHashResponse) {
         let mut plan = Plan::default();
         routing::remove_echo(&mut plan, headers, &self.session_header, request.claim);
-        let Some(choice) = request.choice else { return (plan, UriHashResponse::Nothing) };
+        let (Some(choice), Some(table)) = (request.choice, &self.table) else {
+            return (plan, UriHashResponse::Nothing);
+        };
         let Some(address) = facts.served() else { return (plan, UriHashResponse::Nothing) }; // a local reply
-        let Some(served) = self.nodes.by_address(&address) else {
+        let Some(served) = table.nodes.by_address(&address) else {
             return (plan, UriHashResponse::UnknownUpstream(address));
         };
         let Some(chosen) = self.node_name(choice.node) else { return (plan, UriHashResponse::Nothing) };
@@ -320,7 +368,7 @@ impl UriHashPolicy {
     /// the same moment (compare-and-swap).
     fn mark_down(&self, node: &str, facts: &mut dyn Facts) -> bool {
         let now = facts.now_ms();
-        let until = now.saturating_add(self.cooldown_ms);
+        let until = now.saturating_add(self.cooldown_ms().unwrap_or(0));
         for _ in 0..4 {
             let (raw, cas) = facts.shared_data(DOWN_KEY);
             let list = DownList::parse(raw.as_deref()).with(node, until, now);
@@ -368,6 +416,13 @@ mod tests {
         let long = format!("/project/{}", "x".repeat(70_000));
         assert_eq!(uri_key(long.as_bytes(), D2).len(), long.len());
         assert_eq!(uri_key(long.as_bytes(), KeyRule { len: 64, ..D2 }).len(), 64);
+    }
+
+    #[test]
+    fn the_hash_value_is_stable() {
+        // Envoy hashes this value: changing it moves every project once, so not by accident.
+        assert_eq!(hash_value(b"/project/5f3c"), format!("{:016x}", key_hash(b"/project/5f3c")).into_bytes());
+        assert_eq!(String::from_utf8(hash_value(b"")).unwrap().len(), 16);
     }
 
     fn policy_for(n: usize, weights: impl Fn(usize) -> u32) -> UriHashPolicy {
@@ -429,7 +484,7 @@ mod tests {
         let k1m = keys(1_000_000);
         let ratio = max_min_ratio(&counts(&p, &k1m, 64), &[1; 64]);
         assert!(ratio <= 1.10, "64 nodes over 1M keys: {ratio:.3}");
-        let shares = p.table.shares(64);
+        let shares = p.table.as_ref().unwrap().maglev.shares(64);
         let table_ratio = *shares.iter().max().unwrap() as f64 / *shares.iter().min().unwrap() as f64;
         assert!(table_ratio <= 1.001, "64-node table shares: {table_ratio}");
     }

@@ -243,7 +243,7 @@ fn affinity_new_session_then_returning_user_then_redispatch() {
     assert!(matches!(back.state, CookieState::Valid { node: 1, .. }));
     // "indirect" (the default): the backend never sees the cookie.
     assert_eq!(edits(&plan), [("x-tether-session", Some("MTI3LjAuMC4xOjgwMDI=")), ("cookie", None)]);
-    assert_eq!(plan.route.map(|r| r.address), Some(addr("127.0.0.1:8002")));
+    assert_eq!(plan.route.and_then(|r| r.address), Some(addr("127.0.0.1:8002")));
     // Pinned node served (no echo): nothing to do. Another served: the session moves.
     let mut facts = FixedFacts { now_ms: now + 1000, served: Some(addr("127.0.0.1:8002")), ..FixedFacts::default() };
     assert_eq!(policy.on_response(&back, &HeaderMap::default(), &mut facts).1.set, None);
@@ -274,7 +274,7 @@ fn affinity_without_nodes_routes_to_the_sealed_endpoint_and_asks_its_name_only_i
             .on_request(&HeaderMap::from_pairs([(":path", "/"), ("cookie", &cookie)]), &mut FixedFacts::default());
         assert!(matches!(back.state, CookieState::Endpoint(_)), "{:?}", back.state);
         assert_eq!(edits(&plan), [("x-tether-session", Some("MTAuMC4wLjc6ODA4MA==")), ("cookie", None)]);
-        assert_eq!(plan.route.map(|r| r.address), Some(addr("10.0.0.7:8080")));
+        assert_eq!(plan.route.and_then(|r| r.address), Some(addr("10.0.0.7:8080")));
         // The pinned endpoint served: a returning user's response costs the name read only.
         let mut facts =
             FixedFacts { served: Some(addr("10.0.0.7:8080")), endpoint_metadata: name_fact, ..FixedFacts::default() };
@@ -303,7 +303,7 @@ fn uri_hash_records_a_failover_once_the_chosen_node_did_not_serve() {
     let headers = HeaderMap::from_pairs([(":path", "/project/abc/file")]);
     let mut facts = FixedFacts { now_ms: 1000, ..FixedFacts::default() };
     let (plan, request) = policy.on_request(&headers, &mut facts);
-    let chosen = plan.route.unwrap().address;
+    let chosen = plan.route.unwrap().address.unwrap();
     let other = [addr("127.0.0.1:8001"), addr("127.0.0.1:8002")].into_iter().find(|a| *a != chosen).unwrap();
     facts.served = Some(chosen);
     assert_eq!(policy.on_response(&request, &HeaderMap::default(), &mut facts).1, UriHashResponse::Nothing);
@@ -313,12 +313,40 @@ fn uri_hash_records_a_failover_once_the_chosen_node_did_not_serve() {
     assert!(facts.shared.iter().any(|(k, _, _)| k == DOWN_KEY));
     // The key now goes to its alternative.
     let (plan, again) = policy.on_request(&headers, &mut facts);
-    assert_ne!(plan.route.unwrap().address, chosen);
+    assert_ne!(plan.route.unwrap().address.unwrap(), chosen);
     assert_ne!(again.choice.unwrap().node, again.choice.unwrap().primary);
     // A path outside the prefixes is untouched and asks for nothing.
     let mut facts = FixedFacts::default();
     let (plan, _) = policy.on_request(&HeaderMap::from_pairs([(":path", "/login")]), &mut facts);
     assert!(plan.edits.is_empty() && facts.asked.is_empty());
+}
+
+#[test]
+fn uri_hash_without_nodes_hands_the_keys_hash_to_envoy_and_asks_nothing() {
+    let policy = UriHashPolicy::from_json(br#"{"prefixes": ["/project/"], "depth": 2}"#).unwrap();
+    assert!(policy.summary().contains("the route's hash policy"), "{}", policy.summary());
+    let mut facts = FixedFacts::default();
+    let (plan, request) =
+        policy.on_request(&HeaderMap::from_pairs([(":path", "/project/5f3c/output.pdf")]), &mut facts);
+    let same = policy.on_request(&HeaderMap::from_pairs([(":path", "/project/5f3c/compile?x=1")]), &mut facts).0;
+    let other = policy.on_request(&HeaderMap::from_pairs([(":path", "/project/77aa/compile")]), &mut facts).0;
+    assert_eq!(edits(&plan), edits(&same), "one key, one value");
+    assert_ne!(edits(&plan), edits(&other));
+    let [(name, Some(value))] = edits(&plan)[..] else { panic!("{plan:?}") };
+    assert_eq!((name, value.len()), ("x-tether-session", 16));
+    assert!(value.bytes().all(|b| b.is_ascii_hexdigit()), "{value}");
+    assert_eq!(plan.route.map(|r| (r.by, r.address)), Some(("uri-hash", None)), "marked decided, pinned nowhere");
+    assert!(request.hashed && request.choice.is_none());
+    assert!(facts.asked.is_empty(), "no clock, no shared data: {:?}", facts.asked);
+    // Nothing to learn from the response: Envoy's hash policy handles unhealthy endpoints.
+    let mut facts = FixedFacts { served: Some(addr("10.0.0.9:80")), ..FixedFacts::default() };
+    assert_eq!(policy.on_response(&request, &HeaderMap::default(), &mut facts).1, UriHashResponse::Nothing);
+    assert!(facts.asked.is_empty(), "{:?}", facts.asked);
+    // A path outside the prefixes is untouched.
+    let (plan, request) = policy.on_request(&HeaderMap::from_pairs([(":path", "/login")]), &mut FixedFacts::default());
+    assert!(plan.edits.is_empty() && !request.hashed);
+    let err = UriHashPolicy::from_json(br#"{"failover_cooldown": "10s"}"#).unwrap_err().to_string();
+    assert!(err.starts_with("failover_cooldown: only with a nodes table"), "{err}");
 }
 
 #[test]

@@ -330,7 +330,7 @@ mod tests {
         let route = |marks| {
             let mut request = Plan::default();
             request.set("x-tether-session", "MTI3LjAuMC4xOjgwMDE=");
-            request.route = Some(Route { by: "path-pin", address: "127.0.0.1:8001".parse().unwrap() });
+            request.route = Some(Route { by: "path-pin", address: "127.0.0.1:8001".parse().ok() });
             Scripted { request, marks, ..Scripted::default() }
         };
         let host = MockHost::with(&[], &[]);

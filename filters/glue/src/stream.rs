@@ -138,7 +138,7 @@ impl<'a> Callback<'a> {
             self.reply = Some(reply);
         }
         if let Some(route) = plan.route {
-            self.facts.memo.pinned = Some(route.address);
+            self.facts.memo.pinned = route.address;
             // Later routing filters of this VM see the decision without asking the host.
             self.facts.memo.routed_by = Some(Some(route.by.as_bytes().to_vec()));
             self.routed_by = Some(route.by);

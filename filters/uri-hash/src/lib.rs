@@ -47,11 +47,11 @@ impl Filter for UriHash {
         if decided.claim.removed_forgery() {
             self.metrics.client_session_header_removed.increment();
         }
-        if let Some(choice) = decided.choice {
+        if decided.hashed {
             self.metrics.hashed.increment();
-            if choice.node != choice.primary {
-                self.metrics.routed_away.increment();
-            }
+        }
+        if decided.choice.is_some_and(|c| c.node != c.primary) {
+            self.metrics.routed_away.increment();
         }
         *request = decided;
         cx.apply(plan);

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use tether_e2e::repo_root;
 use tether_e2e::wasm_host::RequestCost;
-use tether_e2e::workload::{affinity_sealed, nodes_table, returning_user_and_tick, OverleafFilters};
+use tether_e2e::workload::{affinity_sealed, nodes_table, returning_user_and_tick, OverleafFilters, URI_HASH_BY_ENVOY};
 
 /// (arm, its chain of (filter crate, configuration), request path).
 type Arm<'a> = (&'a str, Vec<(&'a str, &'a str)>, &'a str);
@@ -24,6 +24,7 @@ fn main() {
     }
     let sealed = affinity_sealed();
     arms.push(("affinity sealed (no nodes)", vec![("affinity", sealed.as_str())], "/"));
+    arms.push(("uri-hash by Envoy's hash (no nodes)", vec![("uri-hash", URI_HASH_BY_ENVOY)], project));
     arms.push(("tether (all five)", filters.chain().to_vec(), "/"));
     arms.push(("tether-edge", vec![("edge", edge.as_str())], "/"));
 
