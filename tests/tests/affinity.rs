@@ -385,3 +385,35 @@ fn preserve_leaves_the_applications_own_cookie_alone() {
     let envoy = envoy_with(&n, vec![WasmFilter::new("affinity", &signed(&n, ""))]);
     assert_eq!(get(&envoy, "/", &[app]).all("set-cookie").len(), 2);
 }
+
+#[test]
+fn a_missing_routing_contract_and_a_secure_cookie_on_http_are_said_once() {
+    let n = nodes();
+    let refs: Vec<&TestNode> = n.iter().collect();
+    // No stateful_session: affinity's cookies could never stick.
+    let config = signed(&n, r#", "secure": true, "same_site": "None""#);
+    let envoy = Envoy::start(&EnvoyConfig::new(vec![WasmFilter::new("affinity", &config)], &refs));
+    for _ in 0..3 {
+        assert!(our_cookie(&get(&envoy, "/", &[])).is_some());
+    }
+    assert_eq!(envoy.counter("wasmcustom.tether_affinity.routing_contract_missing", 3), 3);
+    assert_eq!(envoy.counter("wasmcustom.tether_affinity.secure_cookie_on_http", 3), 3);
+    envoy.wait_for_log("affinity: Envoy's stateful_session wrote no x-tether-session header");
+    envoy.wait_for_log("affinity: a Secure cookie went out on a plain-http request");
+    let log = envoy.log();
+    assert_eq!(log.matches("wrote no x-tether-session header").count(), 1, "said once per VM");
+    assert_eq!(log.matches("a Secure cookie went out").count(), 1, "said once per VM");
+    // With the contract in place, over https, neither is said.
+    let certs = ScratchDir::new("certs");
+    let mut config = EnvoyConfig::new(vec![WasmFilter::new("affinity", &config)], &refs).with_routing(HEADER);
+    config.tls = Some(self_signed_cert(&certs));
+    let envoy = Envoy::start(&config);
+    let tls = envoy.listener_named("tls").unwrap();
+    let r = curl(&["-k", &format!("https://{tls}/")], None);
+    assert!(r.header("set-cookie").unwrap_or_default().starts_with("SERVERID="), "{}", r.stderr);
+    let [missing, insecure] = envoy.counters_after_tick([
+        "wasmcustom.tether_affinity.routing_contract_missing",
+        "wasmcustom.tether_affinity.secure_cookie_on_http",
+    ]);
+    assert_eq!((missing, insecure), (0, 0));
+}

@@ -11,7 +11,7 @@
 
 use log::debug;
 use tether_core::affinity::{AffinityPolicy, AffinityRequest, CookieState, SetReason};
-use tether_glue::{configure, host_env_var, Callback, Counter, Filter, UnknownUpstream};
+use tether_glue::{configure, host_env_var, Callback, Counter, Filter, Misconfiguration, UnknownUpstream};
 
 struct Metrics {
     new_sessions: Counter,
@@ -23,6 +23,8 @@ struct Metrics {
     client_session_header_removed: Counter,
     endpoint_replaced: Counter,
     unknown_upstream: UnknownUpstream,
+    routing_contract_missing: Misconfiguration,
+    secure_cookie_on_http: Misconfiguration,
 }
 
 impl Metrics {
@@ -38,6 +40,8 @@ impl Metrics {
             client_session_header_removed: c("client_session_header_removed"),
             endpoint_replaced: c("endpoint_replaced"),
             unknown_upstream: UnknownUpstream::define("tether_affinity"),
+            routing_contract_missing: Misconfiguration::define("tether_affinity.routing_contract_missing"),
+            secure_cookie_on_http: Misconfiguration::define("tether_affinity.secure_cookie_on_http"),
         }
     }
 }
@@ -77,6 +81,23 @@ impl Filter for Affinity {
         let (plan, outcome) = self.policy.on_response(request, cx.headers, &mut cx.facts);
         if let Some(address) = outcome.unknown_upstream {
             self.metrics.unknown_upstream.report(&address, "no cookie is set for it");
+        }
+        if outcome.routing_contract_missing {
+            let header = self.policy.session_header().name();
+            self.metrics.routing_contract_missing.report(|| {
+                format!(
+                    "affinity: Envoy's stateful_session wrote no {header} header into a response its load balancer chose: \
+                     put envoy.filters.http.stateful_session (envoy.http.stateful_session.header, name: {header}) after \
+                     the Tether filters and before the router, enabled on this route; until then cookies do not stick"
+                )
+            });
+        }
+        if outcome.secure_cookie_on_http {
+            self.metrics.secure_cookie_on_http.report(|| {
+                "affinity: a Secure cookie went out on a plain-http request (cookie.secure: true): browsers drop it \
+                 except on localhost, so sessions do not stick; serve https, or use \"secure\": \"auto\""
+                    .to_string()
+            });
         }
         match outcome.set {
             Some(SetReason::NewSession) => self.metrics.new_sessions.increment(),

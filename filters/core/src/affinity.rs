@@ -626,6 +626,14 @@ pub struct ResponseOutcome {
     pub set: Option<SetReason>,
     /// The endpoint that served is not in the nodes table (no cookie can name it).
     pub unknown_upstream: Option<SocketAddr>,
+    /// An upstream served a request nobody pinned, and Envoy's `stateful_session` wrote no
+    /// session header into the response, as it does whenever its load balancer chose: the
+    /// routing contract is not in place on this route (no `stateful_session` after the Tether
+    /// filters, another header name, or the filter disabled here). Cookies will not stick.
+    pub routing_contract_missing: bool,
+    /// A `Secure` cookie went out on a plain-http request (`cookie.secure: true`): browsers
+    /// drop it on a real host name, so sessions will not stick there.
+    pub secure_cookie_on_http: bool,
 }
 
 /// Routing name of this filter (`tether.routed_by`).
@@ -687,6 +695,8 @@ impl AffinityPolicy {
             return (plan, outcome); // e.g. a pinned /git/ request must not move the session
         }
         let Some(address) = facts.served() else { return (plan, outcome) }; // a local reply
+        let pinned = matches!(request.state, CookieState::Valid { .. } | CookieState::Endpoint(_));
+        outcome.routing_contract_missing = !pinned && !headers.contains(self.session_header.name());
         let metadata_name;
         let served = match &self.binding {
             Binding::Table { nodes, .. } => match nodes.by_address(&address) {
@@ -727,6 +737,7 @@ impl AffinityPolicy {
             }
         }
         outcome.set = Some(reason);
+        outcome.secure_cookie_on_http = self.cookie.secure == SecureMode::Always && !request.https;
         (plan, outcome)
     }
 }

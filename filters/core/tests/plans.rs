@@ -285,6 +285,40 @@ fn affinity_without_nodes_routes_to_the_sealed_endpoint_and_asks_its_name_only_i
 }
 
 #[test]
+fn affinity_says_when_the_routing_contract_or_the_secure_flag_cannot_work() {
+    let policy = affinity();
+    let served = |address: &str| FixedFacts { served: Some(addr(address)), ..FixedFacts::default() };
+    let (_, fresh) = policy.on_request(&HeaderMap::from_pairs([(":path", "/")]), &mut FixedFacts::default());
+    let echo = HeaderMap::from_pairs([("x-tether-session", "MTI3LjAuMC4xOjgwMDI=")]);
+    let outcome =
+        |request, headers: &HeaderMap, mut facts: FixedFacts| policy.on_response(request, headers, &mut facts).1;
+    // Unpinned, an upstream served, Envoy wrote no session header: stateful_session is not there.
+    assert!(outcome(&fresh, &HeaderMap::default(), served("127.0.0.1:8002")).routing_contract_missing);
+    assert!(!outcome(&fresh, &echo, served("127.0.0.1:8002")).routing_contract_missing);
+    assert!(!outcome(&fresh, &HeaderMap::default(), FixedFacts::default()).routing_contract_missing, "local reply");
+    // Pinned and served by its endpoint: no header is Envoy's normal answer.
+    let cookie = {
+        let Edit::Add(set) = &policy.on_response(&fresh, &echo, &mut served("127.0.0.1:8002")).0.edits[1].1 else {
+            panic!()
+        };
+        String::from_utf8(set.to_vec()).unwrap().split(';').next().unwrap().to_string()
+    };
+    let (_, back) =
+        policy.on_request(&HeaderMap::from_pairs([(":path", "/"), ("cookie", &cookie)]), &mut FixedFacts::default());
+    assert!(!outcome(&back, &HeaderMap::default(), served("127.0.0.1:8002")).routing_contract_missing);
+    // secure: true on plain http.
+    let json = format!(r#"{{"nodes": {NODES}, "cookie": {{"keys": ["k-0123456789abcdef"], "secure": true}}}}"#);
+    let always = AffinityPolicy::from_json(json.as_bytes(), |_| None).unwrap();
+    let (_, http) =
+        always.on_request(&HeaderMap::from_pairs([(":path", "/"), (":scheme", "http")]), &mut FixedFacts::default());
+    let (_, https) =
+        always.on_request(&HeaderMap::from_pairs([(":path", "/"), (":scheme", "https")]), &mut FixedFacts::default());
+    assert!(always.on_response(&http, &echo, &mut served("127.0.0.1:8002")).1.secure_cookie_on_http);
+    assert!(!always.on_response(&https, &echo, &mut served("127.0.0.1:8002")).1.secure_cookie_on_http);
+    assert!(!policy.on_response(&fresh, &echo, &mut served("127.0.0.1:8002")).1.secure_cookie_on_http, "auto");
+}
+
+#[test]
 fn affinity_leaves_a_request_another_filter_routed() {
     let policy = affinity();
     let headers = HeaderMap::from_pairs([(":path", "/git/x"), ("x-tether-session", "MTI3LjAuMC4xOjgwMDE=")]);

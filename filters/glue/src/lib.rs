@@ -25,36 +25,53 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::types::BufferType;
 pub use vm::Counter;
 
+/// An operator's mistake seen on traffic: counted every time, said once per VM at warn, so
+/// the log says what to fix instead of production discovering it.
+#[derive(Debug)]
+pub struct Misconfiguration {
+    counter: Counter,
+    warned: std::cell::Cell<bool>,
+}
+
+impl Misconfiguration {
+    /// `metric` is the counter's full name, e.g. `tether_affinity.routing_contract_missing`.
+    pub fn define(metric: &str) -> Misconfiguration {
+        Misconfiguration { counter: Counter::define(metric), warned: std::cell::Cell::new(false) }
+    }
+
+    /// Counts one more; the first time, logs `message()`.
+    pub fn report(&self, message: impl FnOnce() -> String) {
+        self.counter.increment();
+        if !self.warned.replace(true) {
+            log::warn!("{}", message());
+        }
+    }
+}
+
 /// An upstream address missing from a filter's nodes table: the table and the cluster's
 /// endpoints disagree, so the filter cannot name the node that served. Counted every time
 /// (`<filter>.unknown_upstream`), logged once per VM at warn so the log says what to fix.
 #[derive(Debug)]
 pub struct UnknownUpstream {
     filter: &'static str,
-    counter: Counter,
-    warned: std::cell::Cell<bool>,
+    seen: Misconfiguration,
 }
 
 impl UnknownUpstream {
     /// `filter` is the metric prefix, e.g. `tether_affinity`.
     pub fn define(filter: &'static str) -> UnknownUpstream {
-        UnknownUpstream {
-            filter,
-            counter: Counter::define(&format!("{filter}.unknown_upstream")),
-            warned: std::cell::Cell::new(false),
-        }
+        UnknownUpstream { filter, seen: Misconfiguration::define(&format!("{filter}.unknown_upstream")) }
     }
 
     /// `consequence` says what the filter cannot do for this response.
     pub fn report(&self, address: &std::net::SocketAddr, consequence: &str) {
-        self.counter.increment();
-        if !self.warned.replace(true) {
-            log::warn!(
+        self.seen.report(|| {
+            format!(
                 "{}: upstream {} is not in the nodes table: the table must list the cluster's endpoints; {consequence}",
                 self.filter.trim_start_matches("tether_").replace('_', "-"),
                 address
-            );
-        }
+            )
+        });
     }
 }
 
