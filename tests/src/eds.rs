@@ -1,6 +1,6 @@
-//! Endpoints as a control plane sends them: an EDS file that Envoy watches, rewritten while it
-//! serves (written beside the watched path and renamed over it, as a ConfigMap update or an
-//! xDS-from-files setup does).
+//! Endpoints and filters as a control plane sends them: EDS and ECDS files that Envoy watches,
+//! rewritten while it serves (written beside the watched path and renamed over it, as a
+//! ConfigMap update or an xDS-from-files setup does).
 
 use crate::envoy::Envoy;
 use crate::http::admin_get;
@@ -87,6 +87,48 @@ resources:
         let temp = self.dir.join(&format!(".eds-{}.yaml", self.version));
         std::fs::write(&temp, yaml).unwrap_or_else(|e| panic!("write {}: {e}", temp.display()));
         std::fs::rename(&temp, self.path()).unwrap_or_else(|e| panic!("rename over {}: {e}", self.path().display()));
+    }
+}
+
+/// A filter's configuration delivered by extension config discovery (ECDS), as Istio delivers
+/// a WasmPlugin: one file per filter, each [`EcdsFile::publish`] a new version.
+pub struct EcdsFile {
+    dir: ScratchDir,
+    version: u64,
+}
+
+impl EcdsFile {
+    /// A file with the filter's first configuration; point the filter at it
+    /// (`WasmFilter::ecds = Some(file.path())`) and start Envoy.
+    pub fn new(filter: &crate::WasmFilter) -> EcdsFile {
+        let mut ecds = EcdsFile { dir: ScratchDir::new("ecds"), version: 0 };
+        ecds.publish(filter);
+        ecds
+    }
+
+    pub fn path(&self) -> PathBuf {
+        self.dir.join("ecds.json")
+    }
+
+    /// Replaces the filter's configuration (atomically, as [`EdsFile::publish`]).
+    pub fn publish(&mut self, filter: &crate::WasmFilter) {
+        self.version += 1;
+        let response = serde_json::json!({
+            "version_info": self.version.to_string(),
+            "resources": [{
+                "@type": "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig",
+                "name": filter.id(),
+                "typed_config": filter.wasm_json(),
+            }],
+        });
+        let temp = self.dir.join(&format!(".ecds-{}.json", self.version));
+        std::fs::write(&temp, response.to_string()).unwrap_or_else(|e| panic!("write {}: {e}", temp.display()));
+        std::fs::rename(&temp, self.path()).unwrap_or_else(|e| panic!("rename over {}: {e}", self.path().display()));
+    }
+
+    /// How many versions Envoy has taken (`extension_config_discovery.<id>.config_reload`).
+    pub fn reloads(envoy: &Envoy, filter: &crate::WasmFilter) -> u64 {
+        envoy.stat(&format!("extension_config_discovery.http_filter.{}.config_reload", filter.id()))
     }
 }
 

@@ -30,6 +30,7 @@ pub fn wasm_path(filter: &str) -> PathBuf {
 }
 
 /// One Tether filter in the HTTP filter chain, configured with raw JSON text.
+#[derive(Debug, Clone)]
 pub struct WasmFilter {
     pub filter: String,
     pub config_json: String,
@@ -43,6 +44,9 @@ pub struct WasmFilter {
     pub failure_policy: Option<String>,
     /// A `.wasm` to load instead of the filter's release build (the benchmark's variants).
     pub code: Option<PathBuf>,
+    /// Delivered by extension config discovery from this file (see [`crate::eds::EcdsFile`]),
+    /// as a mesh delivers a WasmPlugin, instead of inline.
+    pub ecds: Option<PathBuf>,
 }
 
 impl WasmFilter {
@@ -57,6 +61,7 @@ impl WasmFilter {
             env_keys: Vec::new(),
             failure_policy: None,
             code: None,
+            ecds: None,
         }
     }
 
@@ -70,11 +75,53 @@ impl WasmFilter {
         WasmFilter { as_struct: true, ..WasmFilter::new(filter, config_json) }
     }
 
+    /// The filter's name in the chain (and its root and VM id).
+    pub fn id(&self) -> String {
+        let id = format!("tether.{}", self.filter.replace('-', "_"));
+        match &self.instance {
+            Some(instance) => format!("{id}.{instance}"),
+            None => id,
+        }
+    }
+
+    /// The `envoy.extensions.filters.http.wasm.v3.Wasm` message as JSON (what ECDS delivers).
+    pub fn wasm_json(&self) -> serde_json::Value {
+        let id = self.id();
+        let path = self.code.clone().unwrap_or_else(|| wasm_path(&self.filter));
+        let mut config = serde_json::json!({
+            "name": id,
+            "root_id": id,
+            "vm_config": {
+                "vm_id": id,
+                "runtime": "envoy.wasm.runtime.v8",
+                "code": {"local": {"filename": path.display().to_string()}},
+                "environment_variables": {"host_env_keys": self.env_keys},
+            },
+            "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue", "value": self.config_json},
+        });
+        match &self.failure_policy {
+            Some(policy) => config["failure_policy"] = serde_json::json!(policy),
+            None => config["fail_open"] = serde_json::json!(false),
+        }
+        serde_json::json!({"@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm", "config": config})
+    }
+
     /// The `http_filters` entry.
     fn yaml(&self) -> String {
-        let mut id = format!("tether.{}", self.filter.replace('-', "_"));
-        if let Some(instance) = &self.instance {
-            id = format!("{id}.{instance}");
+        let id = self.id();
+        if let Some(path) = &self.ecds {
+            return format!(
+                r#"
+          - name: {id}
+            config_discovery:
+              config_source:
+                resource_api_version: V3
+                path_config_source:
+                  path: {path:?}
+                  watched_directory: {{ path: {dir:?} }}
+              type_urls: [type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm]"#,
+                dir = path.parent().unwrap_or(path),
+            );
         }
         let (type_url, value) = if self.as_struct {
             ("google.protobuf.Struct", self.config_json.split_whitespace().collect::<Vec<_>>().join(" "))

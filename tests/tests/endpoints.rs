@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use tether_core::token::{self, Claims, Key};
-use tether_e2e::eds::{EdsFile, Endpoint};
+use tether_e2e::eds::{EcdsFile, EdsFile, Endpoint};
 use tether_e2e::http::{request, Response};
 use tether_e2e::{Envoy, EnvoyConfig, TestNode, WasmFilter};
 
@@ -404,4 +404,59 @@ fn projects_hash_over_live_endpoints_by_name_through_eds_churn() {
     );
     assert_eq!(envoy.counter("wasmcustom.tether_uri_hash.hashed", 120 * 6), 120 * 6);
     drop((c, d));
+}
+
+/// What a sealed cookie says, opened with `key` only.
+fn opens_with(cookie: &str, key: &str) -> bool {
+    let key = Key::new(key.as_bytes()).unwrap();
+    token::open(std::slice::from_ref(&key), "SERVERID", cookie.trim_start_matches("SERVERID=").as_bytes()).is_some()
+}
+
+#[test]
+fn ecds_rotates_the_key_while_serving_without_a_failed_request_or_a_lost_session() {
+    let (a, b) = (TestNode::start("pod-a"), TestNode::start("pod-b"));
+    let endpoints = [Endpoint::new("pod-a", a.addr), Endpoint::new("pod-b", b.addr)];
+    let eds = EdsFile::new(&endpoints);
+    const NEW: &str = "e2e-new-key-0123456789abcdef";
+    let keys = |keys: &[&str]| {
+        let list: Vec<String> = keys.iter().map(|k| format!("\"{k}\"")).collect();
+        format!(r#"{{"cookie": {{"keys": [{}], "maxidle": "1h"}}}}"#, list.join(", "))
+    };
+    let mut filter = WasmFilter::new("affinity", &keys(&[KEY]));
+    let mut ecds = EcdsFile::new(&filter);
+    filter.ecds = Some(ecds.path());
+    let config = EnvoyConfig::new(vec![filter], &[]).with_eds(&eds, &endpoints).with_routing(HEADER);
+    let envoy = Envoy::start(&config);
+    let filter = &config.filters[0];
+    let mut sessions = new_sessions(&envoy, 20);
+    assert!(sessions.iter().all(|s| opens_with(&s.cookie, KEY)));
+    let load = Load::start(&envoy, new_sessions(&envoy, 4).into_iter().map(|s| s.cookie).collect());
+
+    // Step 1 of a rotation: the new key signs, the old one still opens. New sessions get the new
+    // key; every existing session stays where it is.
+    let reloads = EcdsFile::reloads(&envoy, filter);
+    ecds.publish(&WasmFilter { config_json: keys(&[NEW, KEY]), ..filter.clone() });
+    tether_e2e::wait_for("the new configuration", std::time::Duration::from_secs(10), || {
+        (EcdsFile::reloads(&envoy, filter) > reloads).then_some(())
+    });
+    let fresh = new_sessions(&envoy, 5);
+    assert!(fresh.iter().all(|s| opens_with(&s.cookie, NEW) && !opens_with(&s.cookie, KEY)), "sealed with the new key");
+    assert_eq!(visit(&envoy, &mut sessions).kept, sessions.len(), "old-key sessions kept");
+
+    // Step 3: the old key retired: its cookies are not genuine any more, answered as new
+    // sessions (counted), never an error.
+    let reloads = EcdsFile::reloads(&envoy, filter);
+    ecds.publish(&WasmFilter { config_json: keys(&[NEW]), ..filter.clone() });
+    tether_e2e::wait_for("the last configuration", std::time::Duration::from_secs(10), || {
+        (EcdsFile::reloads(&envoy, filter) > reloads).then_some(())
+    });
+    for s in &sessions {
+        let r = get(&envoy, Some(&s.cookie));
+        assert!(our_cookie(&r).is_some_and(|c| opens_with(&c, NEW)), "a retired key's session starts anew");
+    }
+    assert!(envoy.counter_at_least("wasmcustom.tether_affinity.invalid_cookie", 20) >= 20);
+    let (sent, failed, errors, _) = load.finish();
+    eprintln!("ecds: 2 reconfigurations while serving; {sent} GETs, {failed} failed");
+    assert_eq!(failed, 0, "{errors:?}");
+    assert!(envoy.error_lines().is_empty(), "{:?}", envoy.error_lines());
 }
