@@ -73,6 +73,46 @@ impl Sample {
     }
 }
 
+/// A sample whose endpoints and filters come from xDS files (`envoy/pods/`): the bootstrap as
+/// [`Sample`] adapts it, the files copied to a scratch directory with the nodes moved to the
+/// test's (`port_value: 8001` is `nodes[0]`, and so on), for the test to rewrite while Envoy serves.
+pub struct XdsSample {
+    pub sample: Sample,
+    pub dir: ScratchDir,
+}
+
+impl XdsSample {
+    pub fn load(name: &str, nodes: &[&TestNode]) -> XdsSample {
+        let mut sample = Sample::load_with(name, &[]);
+        let dir = ScratchDir::new("xds");
+        let source = repo_root().join("envoy/pods");
+        let entries = std::fs::read_dir(&source).unwrap_or_else(|e| panic!("{}: {e}", source.display()));
+        for entry in entries {
+            let path = entry.unwrap_or_else(|e| panic!("{e}")).path();
+            let mut text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            for (i, node) in nodes.iter().enumerate() {
+                text =
+                    text.replace(&format!("port_value: {} ", 8001 + i), &format!("port_value: {} ", node.addr.port()));
+            }
+            let name = path.file_name().unwrap_or_default().to_string_lossy().into_owned();
+            std::fs::write(dir.join(&name), text).unwrap_or_else(|e| panic!("{name}: {e}"));
+        }
+        sample.yaml = replace_all(name, &sample.yaml, "envoy/pods", &dir.path.display().to_string());
+        XdsSample { sample, dir }
+    }
+
+    /// Replaces `file` (in the scratch copy of `envoy/pods/`) by rename, as a control plane would.
+    pub fn publish(&self, file: &str, text: &str) {
+        let temp = self.dir.join(&format!(".{file}.new"));
+        std::fs::write(&temp, text).unwrap_or_else(|e| panic!("{}: {e}", temp.display()));
+        std::fs::rename(&temp, self.dir.join(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
+    }
+
+    pub fn read(&self, file: &str) -> String {
+        std::fs::read_to_string(self.dir.join(file)).unwrap_or_else(|e| panic!("{file}: {e}"))
+    }
+}
+
 fn replace_all(sample: &str, yaml: &str, from: &str, to: &str) -> String {
     assert!(yaml.contains(from), "envoy/{sample}.yaml left the loopback layout: no {from:?} in it");
     yaml.replace(from, to)

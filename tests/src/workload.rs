@@ -65,6 +65,15 @@ pub fn affinity_sealed() -> String {
     )
 }
 
+/// tether-edge as envoy/overleaf-pods.yaml configures the filters (no nodes table anywhere):
+/// forwarded naming the endpoint from its metadata, the body limit, sealed affinity.
+pub fn edge_pods() -> String {
+    format!(
+        r#"{{"forwarded": {{"proto": "https", "hsts": {{"max_age": "730d", "include_subdomains": true, "preload": true}}, "served_by": {{"endpoint_name": {{"filter_metadata": "tether", "key": "name"}}}}}}, "body_limit": {{"default_limit": "50M"}}, "affinity": {}}}"#,
+        affinity_sealed()
+    )
+}
+
 /// uri-hash with no nodes table: the key's hash goes to Envoy's hash policy.
 pub const URI_HASH_BY_ENVOY: &str = r#"{"prefixes": ["/project/"], "depth": 2}"#;
 

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 use tether_e2e::http::tls_websocket_handshake;
-use tether_e2e::sample::Sample;
+use tether_e2e::sample::{Sample, XdsSample};
 use tether_e2e::{curl, CurlResponse, ScratchDir, TestNode};
 
 const MIB: u64 = 1024 * 1024;
@@ -206,4 +206,72 @@ fn a_nodes_table_missing_an_endpoint_is_logged() {
     envoy.wait_for_log(&format!("forwarded: {missing}"));
     assert!(envoy.counter_at_least("wasmcustom.tether_affinity.unknown_upstream", 2) >= 2);
     assert_eq!(envoy.log().matches(&format!("affinity: {missing}")).count(), 1, "said once, then counted");
+}
+
+#[test]
+fn overleaf_pods_sample_keeps_sessions_through_churn_with_no_address_in_filter_config() {
+    let pods = [TestNode::start("server-pro-0"), TestNode::start("server-pro-1"), TestNode::start("server-pro-2")];
+    let git = TestNode::start("git-bridge-0");
+    let refs: Vec<&TestNode> = pods.iter().chain([&git]).collect();
+    let xds = XdsSample::load("overleaf-pods", &refs);
+    for file in ["tether.forwarded.yaml", "tether.body_limit.yaml", "tether.affinity.yaml"] {
+        assert!(!xds.read(file).contains("127.0.0.1"), "{file}: no address in filter configuration");
+    }
+    let envoy = xds.sample.start(&refs);
+    let https = envoy.listener_named("https").unwrap();
+    let base = format!("https://{https}");
+
+    // A new session: the cookie seals the pod; X-Served-By names it from EDS metadata.
+    let first = call(&format!("{base}/project"), &[]);
+    assert_eq!(first.status(), 200, "{first:?}");
+    let set = first.header("set-cookie").unwrap_or_else(|| panic!("no cookie: {first:?}"));
+    let cookie = set.split(';').next().unwrap().to_string();
+    assert!(cookie.starts_with("server-pro-ha=") && !cookie.contains("127.0.0.1"), "{cookie}");
+    let home = node_of(&first);
+    assert_eq!(first.header("x-served-by"), Some(home.as_str()));
+    for _ in 0..5 {
+        let r = call(&format!("{base}/project"), &["-H", &format!("cookie: {cookie}")]);
+        assert_eq!((node_of(&r), r.header("set-cookie")), (home.clone(), None));
+    }
+    // The editor's WebSocket follows the cookie.
+    assert_eq!(tls_websocket_handshake(https, &cookie), (101, home.clone()));
+    // /git/ reaches git-bridge and leaves the browser's session where it is.
+    let r = call(&format!("{base}/git/project.git/info/refs"), &["-H", &format!("cookie: {cookie}")]);
+    assert_eq!((node_of(&r), r.header("set-cookie")), ("git-bridge-0".to_string(), None));
+    let r = call(&format!("{base}/project"), &["-H", &format!("cookie: {cookie}")]);
+    assert_eq!(node_of(&r), home);
+    // 50 MB: an upload over it is refused before its body is sent.
+    let scratch = ScratchDir::new("pods");
+    let big = scratch.file_of_size("51MiB", 51 * MIB);
+    let r = call(
+        &format!("{base}/upload"),
+        &["-H", &format!("cookie: {cookie}"), "--data-binary", &format!("@{}", big.display())],
+    );
+    assert_eq!(r.status(), 413);
+
+    // The session's pod is removed from EDS while alive (its grace period): the session moves
+    // once, to a pod Envoy still has, and stays there.
+    let eds = xds.read("server-pro.eds.yaml");
+    let pod = pods.iter().find(|p| p.name == home).unwrap();
+    let entry = eds
+        .split("\n    - endpoint:")
+        .find(|e| e.contains(&format!("port_value: {} ", pod.addr.port())))
+        .unwrap_or_else(|| panic!("{home} in {eds}"));
+    xds.publish(
+        "server-pro.eds.yaml",
+        &eds.replace(&format!("\n    - endpoint:{entry}"), "").replace("version_info: \"1\"", "version_info: \"2\""),
+    );
+    let moved = tether_e2e::wait_for("the session to move", std::time::Duration::from_secs(10), || {
+        let r = call(&format!("{base}/project"), &["-H", &format!("cookie: {cookie}")]);
+        (node_of(&r) != home).then_some(r)
+    });
+    let new_cookie =
+        moved.header("set-cookie").expect("moved once: a new cookie").split(';').next().unwrap().to_string();
+    let new_home = node_of(&moved);
+    for _ in 0..5 {
+        let r = call(&format!("{base}/project"), &["-H", &format!("cookie: {new_cookie}")]);
+        assert_eq!((node_of(&r), r.header("set-cookie")), (new_home.clone(), None));
+    }
+    assert_eq!(envoy.counter("wasmcustom.tether_affinity.redispatched", 1), 1);
+    assert!(envoy.error_lines().is_empty(), "{:?}", envoy.error_lines());
 }

@@ -11,6 +11,7 @@ use crate::duration::HumanDuration;
 use crate::headers::HeaderMap;
 use crate::nodes::{Node, Nodes};
 use crate::plan::{Facts, Plan};
+pub use crate::routing::EndpointName;
 use crate::routing::{self, session_value, Claim, SessionHeader};
 use crate::token::{Claims, Key, Keys, MAX_ENDPOINT_NAME};
 use serde::Deserialize;
@@ -26,25 +27,9 @@ struct AffinityConfig {
     session_header: SessionHeader,
     /// Absent: the cookie carries the endpoint itself, sealed (EDS, pods, meshes).
     nodes: Option<Nodes>,
-    endpoint_name: Option<EndpointNameConfig>,
+    endpoint_name: Option<EndpointName>,
     #[serde(default)]
     cookie: CookieConfig,
-}
-
-/// Where an endpoint's name is found: one key of its `filter_metadata` (EDS `metadata`).
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct EndpointNameConfig {
-    filter_metadata: String,
-    key: String,
-}
-
-/// An endpoint's name in its metadata, `filter_metadata.<filter>.<key>`: what tells one pod from
-/// the next that gets its address.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EndpointName {
-    pub filter: String,
-    pub key: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -345,9 +330,7 @@ impl AffinityPolicy {
             (Some(nodes), None) => {
                 Binding::Table { session_values: nodes.iter().map(|n| session_value(&n.address)).collect(), nodes }
             }
-            (None, name) => {
-                Binding::Endpoints { name: name.map(endpoint_name).transpose()?, values: SessionValues::default() }
-            }
+            (None, name) => Binding::Endpoints { name, values: SessionValues::default() },
         };
         Ok(AffinityPolicy {
             session_header: config.session_header,
@@ -544,18 +527,6 @@ fn endpoint_name_tail(name: &str) -> &str {
         start += 1;
     }
     name.get(start..).unwrap_or_default()
-}
-
-fn endpoint_name(config: EndpointNameConfig) -> Result<EndpointName, ConfigError> {
-    for (field, value) in [("filter_metadata", &config.filter_metadata), ("key", &config.key)] {
-        if value.is_empty() || value.len() > 128 || value.bytes().any(|b| b == 0 || b.is_ascii_control()) {
-            return Err(ConfigError::at(
-                format!("endpoint_name.{field}"),
-                format!("{value:?} must be 1 to 128 characters, no control characters"),
-            ));
-        }
-    }
-    Ok(EndpointName { filter: config.filter_metadata, key: config.key })
 }
 
 /// What the affinity filter needs from the request headers, read from the whole header map in
@@ -1043,7 +1014,7 @@ mod tests {
             ),
             (
                 r#"{"endpoint_name": {"filter_metadata": "", "key": "b"}, "cookie": {"keys": ["0123456789abcdef"]}}"#,
-                "endpoint_name.filter_metadata: \"\" must be 1 to 128 characters",
+                "endpoint_name: filter_metadata \"\" must be 1 to 128 characters",
             ),
             (
                 r#"{"endpoint_name": {"filter": "a", "key": "b"}, "cookie": {"keys": ["0123456789abcdef"]}}"#,

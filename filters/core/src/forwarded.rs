@@ -16,6 +16,7 @@ use crate::headers::HeaderMap;
 use crate::nodes::Nodes;
 use crate::plan::{Facts, LocalReply, Plan};
 use crate::request_match::{path_without_query, RequestMatch};
+use crate::routing::EndpointName;
 use ipnet::IpNet;
 use serde::Deserialize;
 use std::net::{IpAddr, SocketAddr};
@@ -108,7 +109,8 @@ struct HstsConfig {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ServedByConfig {
-    nodes: Nodes,
+    nodes: Option<Nodes>,
+    endpoint_name: Option<EndpointName>,
     #[serde(default = "served_by_header")]
     header: String,
 }
@@ -131,10 +133,17 @@ pub struct Hsts {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServedBy {
-    pub nodes: Nodes,
-    /// The nodes' names in table order, as the header's value takes them.
-    pub names: Vec<Rc<str>>,
+    pub names: ServedNames,
     pub header: Rc<str>,
+}
+
+/// Where `X-Served-By` finds the name of the endpoint that served.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServedNames {
+    /// The nodes table, by address; the names in table order, as the header's value takes them.
+    Table { nodes: Nodes, names: Vec<Rc<str>> },
+    /// The endpoint's EDS metadata (no nodes table: pods, meshes).
+    Metadata(EndpointName),
 }
 
 /// The compiled forwarded configuration.
@@ -213,8 +222,20 @@ impl ForwardedPolicy {
                         format!("{:?} is not a lower-case header name", s.header),
                     ));
                 }
-                let names = s.nodes.iter().map(|n| Rc::from(n.name.as_str())).collect();
-                Some(ServedBy { nodes: s.nodes, names, header: Rc::from(s.header) })
+                let names = match (s.nodes, s.endpoint_name) {
+                    (Some(nodes), None) => {
+                        let names = nodes.iter().map(|n| Rc::from(n.name.as_str())).collect();
+                        ServedNames::Table { nodes, names }
+                    }
+                    (None, Some(name)) => ServedNames::Metadata(name),
+                    _ => {
+                        return Err(ConfigError::at(
+                            "served_by",
+                            "name the endpoints either by a nodes table (\"nodes\") or by their EDS metadata (\"endpoint_name\"), one of the two",
+                        ))
+                    }
+                };
+                Some(ServedBy { names, header: Rc::from(s.header) })
             }
         };
         Ok(ForwardedPolicy {
@@ -542,13 +563,23 @@ impl ForwardedPolicy {
             }
         }
         let mut unknown = None;
-        if let Some(served_by) = &self.served_by {
-            if let Some(address) = facts.served() {
-                match served_by.nodes.iter().position(|n| n.address == address).and_then(|i| served_by.names.get(i)) {
-                    Some(name) => plan.add(&served_by.header, name),
-                    None => unknown = Some(address),
+        match self.served_by.as_ref().map(|s| (s, &s.names)) {
+            Some((served_by, ServedNames::Table { nodes, names })) => {
+                if let Some(address) = facts.served() {
+                    match nodes.iter().position(|n| n.address == address).and_then(|i| names.get(i)) {
+                        Some(name) => plan.add(&served_by.header, name),
+                        None => unknown = Some(address),
+                    }
                 }
             }
+            Some((served_by, ServedNames::Metadata(name))) => {
+                // Absent on a local reply (no upstream), or on an endpoint without that key.
+                let value = facts.endpoint_metadata(&name.filter, &name.key);
+                if let Some(value) = value.filter(|v| v.iter().all(|&b| b == b'\t' || (0x20..0x7f).contains(&b))) {
+                    plan.add(&served_by.header, value);
+                }
+            }
+            None => {}
         }
         (plan, unknown)
     }

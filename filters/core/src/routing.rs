@@ -82,6 +82,36 @@ impl<'de> Deserialize<'de> for SessionHeader {
     }
 }
 
+/// An endpoint's name in its EDS metadata, `filter_metadata.<filter>.<key>` (configured as
+/// `{"filter_metadata": "tether", "key": "name"}`): what tells one pod from the next that gets
+/// its address, and what `X-Served-By` shows without a nodes table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointName {
+    pub filter: String,
+    pub key: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EndpointNameConfig {
+    filter_metadata: String,
+    key: String,
+}
+
+impl<'de> Deserialize<'de> for EndpointName {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let config = EndpointNameConfig::deserialize(d)?;
+        for (field, value) in [("filter_metadata", &config.filter_metadata), ("key", &config.key)] {
+            if value.is_empty() || value.len() > 128 || value.bytes().any(|b| b.is_ascii_control()) {
+                return Err(de::Error::custom(format!(
+                    "{field} {value:?} must be 1 to 128 characters, no control characters"
+                )));
+            }
+        }
+        Ok(EndpointName { filter: config.filter_metadata, key: config.key })
+    }
+}
+
 /// The session header value that sends a request to `address`: `base64("ip:port")`.
 pub fn session_value(address: &SocketAddr) -> Rc<str> {
     let mut text = String::with_capacity(24);

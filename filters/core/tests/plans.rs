@@ -319,6 +319,28 @@ fn affinity_says_when_the_routing_contract_or_the_secure_flag_cannot_work() {
 }
 
 #[test]
+fn forwarded_names_the_endpoint_from_its_metadata_without_a_nodes_table() {
+    let json = br#"{"served_by": {"endpoint_name": {"filter_metadata": "tether", "key": "name"}}}"#;
+    let policy = ForwardedPolicy::from_json(json).unwrap();
+    let mut facts = FixedFacts { endpoint_metadata: Some(b"server-pro-0".to_vec()), ..FixedFacts::default() };
+    let (plan, unknown) = policy.on_response(false, &HeaderMap::default(), &mut facts);
+    assert_eq!((edits(&plan), unknown), (vec![("x-served-by", Some("server-pro-0"))], None));
+    assert_eq!(facts.asked, ["endpoint_metadata"], "the name only, no address");
+    // No upstream (a local reply), or a name that cannot be a header value: no header.
+    for value in [None, Some(b"bad\nname".to_vec())] {
+        let mut facts = FixedFacts { endpoint_metadata: value, ..FixedFacts::default() };
+        assert!(policy.on_response(false, &HeaderMap::default(), &mut facts).0.edits.is_empty());
+    }
+    for bad in [
+        &br#"{"served_by": {}}"#[..],
+        br#"{"served_by": {"endpoint_name": {"filter_metadata": "t", "key": "n"}, "nodes": [{"name": "a", "address": "10.0.0.1:80"}]}}"#,
+    ] {
+        let err = ForwardedPolicy::from_json(bad).unwrap_err().to_string();
+        assert!(err.starts_with("served_by: name the endpoints either by a nodes table"), "{err}");
+    }
+}
+
+#[test]
 fn affinity_leaves_a_request_another_filter_routed() {
     let policy = affinity();
     let headers = HeaderMap::from_pairs([(":path", "/git/x"), ("x-tether-session", "MTI3LjAuMC4xOjgwMDE=")]);

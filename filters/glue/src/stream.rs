@@ -22,6 +22,9 @@ pub struct Memo {
     /// The session header Envoy's `stateful_session` wrote into the response, as it came.
     pub(crate) echo: Option<Vec<u8>>,
     served: Option<Option<SocketAddr>>,
+    /// The last endpoint metadata asked (its property path) and the answer: in tether-edge,
+    /// affinity's endpoint name and forwarded's X-Served-By are one read.
+    endpoint_metadata: Option<(Vec<u8>, Option<Vec<u8>>)>,
 }
 
 /// The facts of one stream, asked of `host` lazily and once.
@@ -55,7 +58,15 @@ impl Facts for StreamFacts<'_> {
     }
 
     fn endpoint_metadata(&mut self, filter: &str, key: &str) -> Option<Vec<u8>> {
-        self.host.property(&property::endpoint_metadata(filter, key)).filter(|v| !v.is_empty())
+        let path = property::endpoint_metadata(filter, key);
+        if let Some((asked, answer)) = &self.memo.endpoint_metadata {
+            if *asked == path {
+                return answer.clone();
+            }
+        }
+        let answer = self.host.property(&path).filter(|v| !v.is_empty());
+        self.memo.endpoint_metadata = Some((path, answer.clone()));
+        answer
     }
 
     fn source_address(&mut self) -> Option<Vec<u8>> {

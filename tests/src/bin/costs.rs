@@ -9,7 +9,9 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use tether_e2e::repo_root;
 use tether_e2e::wasm_host::RequestCost;
-use tether_e2e::workload::{affinity_sealed, nodes_table, returning_user_and_tick, OverleafFilters, URI_HASH_BY_ENVOY};
+use tether_e2e::workload::{
+    affinity_sealed, edge_pods, nodes_table, returning_user_and_tick, OverleafFilters, URI_HASH_BY_ENVOY,
+};
 
 /// (arm, its chain of (filter crate, configuration), request path).
 type Arm<'a> = (&'a str, Vec<(&'a str, &'a str)>, &'a str);
@@ -27,6 +29,8 @@ fn main() {
     arms.push(("uri-hash by Envoy's hash (no nodes)", vec![("uri-hash", URI_HASH_BY_ENVOY)], project));
     arms.push(("tether (all five)", filters.chain().to_vec(), "/"));
     arms.push(("tether-edge", vec![("edge", edge.as_str())], "/"));
+    let pods = edge_pods();
+    arms.push(("tether-edge, pods (no nodes)", vec![("edge", pods.as_str())], "/"));
 
     let mut out = String::from(
         "# Host calls per request\n\nCounted by running each filter's release `.wasm` in an interpreter that stands in for \
