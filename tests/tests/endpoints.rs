@@ -460,3 +460,54 @@ fn ecds_rotates_the_key_while_serving_without_a_failed_request_or_a_lost_session
     assert_eq!(failed, 0, "{errors:?}");
     assert!(envoy.error_lines().is_empty(), "{:?}", envoy.error_lines());
 }
+
+type Socket = tungstenite::WebSocket<tungstenite::stream::MaybeTlsStream<std::net::TcpStream>>;
+
+/// A WebSocket through Envoy with `cookie`: the socket and the pod that answered the upgrade.
+fn websocket(envoy: &Envoy, cookie: &str) -> (Socket, String) {
+    let mut req =
+        tungstenite::client::IntoClientRequest::into_client_request(format!("ws://{}/socket.io", envoy.listener))
+            .unwrap();
+    req.headers_mut().insert("cookie", cookie.parse().unwrap());
+    let (ws, resp) = tungstenite::connect(req).unwrap();
+    let pod = resp.headers().get("x-node").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+    (ws, pod)
+}
+
+fn echoes(ws: &mut Socket, text: &str) -> bool {
+    ws.send(tungstenite::Message::text(text)).is_ok()
+        && ws.read().ok().and_then(|m| m.into_text().ok()).is_some_and(|t| t.as_str() == text)
+}
+
+#[test]
+fn a_websocket_on_a_pod_stays_open_while_it_drains_and_after_it_is_removed() {
+    let (a, b) = (TestNode::start("pod-a"), TestNode::start("pod-b"));
+    let mut endpoints = vec![Endpoint::new("pod-a", a.addr), Endpoint::new("pod-b", b.addr)];
+    let mut eds = EdsFile::new(&endpoints);
+    let envoy = start(&endpoints, &eds);
+    let session = new_sessions(&envoy, 1).remove(0);
+    let (mut ws, pod) = websocket(&envoy, &session.cookie);
+    assert_eq!(pod, session.pod);
+    assert!(echoes(&mut ws, "before"));
+    let home = endpoints.iter().position(|e| e.name == pod).unwrap();
+
+    // Draining: the open socket carries on, and the session's next upgrade still reaches its pod.
+    endpoints[home] = endpoints[home].clone().draining();
+    eds.publish(&endpoints);
+    envoy.wait_for_endpoints(&endpoints);
+    assert!(echoes(&mut ws, "while draining"));
+    let (mut second, again) = websocket(&envoy, &session.cookie);
+    assert_eq!(again, pod, "a draining pod keeps its sessions' new sockets");
+    assert!(echoes(&mut second, "second"));
+
+    // Removed (the pod still alive, in its grace period): sockets already open are left to
+    // finish (Envoy does not cut upgraded streams on removal); the session's next socket goes
+    // to a pod Envoy still has.
+    endpoints.remove(home);
+    eds.publish(&endpoints);
+    envoy.wait_for_endpoints(&endpoints);
+    assert!(echoes(&mut ws, "after removal"), "the open socket is not cut");
+    let (mut third, elsewhere) = websocket(&envoy, &session.cookie);
+    assert_ne!(elsewhere, pod, "new sockets go to a pod Envoy has");
+    assert!(echoes(&mut third, "third"));
+}
