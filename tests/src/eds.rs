@@ -11,7 +11,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// One endpoint of the cluster: its address, its name in EDS metadata
-/// (`filter_metadata.tether.name`, and the EDS `hostname`), and whether it is draining.
+/// (`filter_metadata.tether.name` for Tether, `envoy.lb.name` for subset routing, and the EDS
+/// `hostname` for hashing), and whether it is draining.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Endpoint {
     pub address: SocketAddr,
@@ -66,7 +67,7 @@ impl EdsFile {
         address: {{ socket_address: {{ address: "{ip}", port_value: {port} }} }}
         hostname: {name}
       health_status: {status}
-      metadata: {{ filter_metadata: {{ tether: {{ name: {name} }} }} }}"#,
+      metadata: {{ filter_metadata: {{ tether: {{ name: {name} }}, envoy.lb: {{ name: {name} }} }} }}"#,
                     ip = e.address.ip(),
                     port = e.address.port(),
                     name = e.name,

@@ -193,6 +193,10 @@ pub struct EnvoyConfig {
     /// nodes table), to a second cluster over the same EDS endpoints, `nodes-hashed`: Maglev on
     /// endpoint host names with bounded load, `stateful_session` disabled on these routes.
     pub hashed_prefixes: Vec<String>,
+    /// (path prefix, endpoint name): routes that Envoy's subset load balancer sends to the EDS
+    /// endpoint of that name (`metadata_match` on `envoy.lb.name`; 503 while it has none), with
+    /// `stateful_session` and tether.affinity off: path-pin's `use-server` on dynamic endpoints.
+    pub pinned_prefixes: Vec<(String, String)>,
 }
 
 impl EnvoyConfig {
@@ -212,6 +216,7 @@ impl EnvoyConfig {
             concurrency: 1,
             eds: None,
             hashed_prefixes: Vec::new(),
+            pinned_prefixes: Vec::new(),
         }
     }
 
@@ -307,7 +312,8 @@ impl EnvoyConfig {
                 EnvoyConfig::session_state(header, false).replace("\n                ", "\n              ")
             ));
         }
-        let mut routes: String = self.hashed_prefixes.iter().map(|p| self.hashed_route(p)).collect();
+        let mut routes: String = self.pinned_prefixes.iter().map(|(p, name)| pinned_route(p, name)).collect();
+        routes.extend(self.hashed_prefixes.iter().map(|p| self.hashed_route(p)));
         routes.extend(self.strict_prefixes.iter().map(|p| self.route(p, true)));
         if let Some(retry_on) = &self.idempotent_retry_on {
             let methods =
@@ -448,7 +454,17 @@ impl EnvoyConfig {
       override_host_status: {{ statuses: [UNKNOWN, HEALTHY, DEGRADED, DRAINING] }}
       # Workers see an update as soon as /clusters shows it (default: merged for 1 s, which
       # a test polling /clusters cannot see).
-      update_merge_window: 0s"#,
+      update_merge_window: 0s{subsets}"#,
+                    subsets = if self.pinned_prefixes.is_empty() {
+                        ""
+                    } else {
+                        // Endpoints by name for pinned routes; every other request balances over
+                        // all of them; a name with no endpoint is a 503, not another endpoint.
+                        r#"
+    lb_subset_config:
+      fallback_policy: ANY_ENDPOINT
+      subset_selectors: [{ keys: [name], single_host_per_subset: true, fallback_policy: NO_FALLBACK }]"#
+                    },
                     dir = path.parent().unwrap_or(path),
                 ),
             ),
@@ -466,6 +482,27 @@ static_resources:
 "#
         )
     }
+}
+
+/// A route to the EDS endpoint named `name` (subset load balancing on `envoy.lb.name`), with
+/// the session filter and affinity off: a pinned request neither follows a session nor moves one.
+fn pinned_route(prefix: &str, name: &str) -> String {
+    format!(
+        r#"
+              - match: {{ prefix: "{prefix}" }}
+                route:
+                  cluster: nodes
+                  timeout: 30s
+                  metadata_match: {{ filter_metadata: {{ envoy.lb: {{ name: {name} }} }} }}
+                  retry_policy: {{ retry_on: connect-failure, num_retries: 2 }}
+                typed_per_filter_config:
+                  envoy.filters.http.stateful_session:
+                    "@type": type.googleapis.com/envoy.extensions.filters.http.stateful_session.v3.StatefulSessionPerRoute
+                    disabled: true
+                  tether.affinity:
+                    "@type": type.googleapis.com/envoy.config.route.v3.FilterConfig
+                    disabled: true"#
+    )
 }
 
 /// A running Envoy. Killed on drop; its log is printed if the test is failing.

@@ -511,3 +511,46 @@ fn a_websocket_on_a_pod_stays_open_while_it_drains_and_after_it_is_removed() {
     assert_ne!(elsewhere, pod, "new sockets go to a pod Envoy has");
     assert!(echoes(&mut third, "third"));
 }
+
+#[test]
+fn a_path_pinned_to_a_pod_by_name_follows_it_through_a_restart_and_leaves_sessions_alone() {
+    let (mut a, b) = (TestNode::start("pod-a"), TestNode::start("pod-b"));
+    let mut endpoints = vec![Endpoint::new("pod-a", a.addr), Endpoint::new("pod-b", b.addr)];
+    let mut eds = EdsFile::new(&endpoints);
+    let mut config = EnvoyConfig::new(vec![WasmFilter::new("affinity", CONFIG)], &[]).with_eds(&eds, &endpoints);
+    config.pinned_prefixes = vec![("/git/".to_string(), "pod-a".to_string())];
+    let envoy = Envoy::start(&config.with_routing(HEADER));
+    let git = |cookie: Option<&str>| {
+        let headers: Vec<(&str, &str)> = cookie.map(|c| ("cookie", c)).into_iter().collect();
+        request(envoy.listener, "GET", "/git/project.git/info/refs", &headers).unwrap()
+    };
+    // A browser whose session is on pod-b: its /git/ requests reach pod-a, its session stays.
+    let session = loop {
+        let s = new_sessions(&envoy, 1).remove(0);
+        if s.pod == "pod-b" {
+            break s;
+        }
+    };
+    for _ in 0..5 {
+        let r = git(Some(&session.cookie));
+        // The test node has no repository there (404): what matters is who answered.
+        assert_eq!((node_of(&r), our_cookie(&r)), ("pod-a".to_string(), None), "{r:?}");
+    }
+    assert_eq!(node_of(&get(&envoy, Some(&session.cookie))), "pod-b", "the session did not move");
+
+    // pod-a restarts on a new address with its name: /git/ follows the name.
+    a.kill();
+    let a2 = TestNode::start("pod-a.2");
+    endpoints[0] = Endpoint::new("pod-a", a2.addr);
+    eds.publish(&endpoints);
+    envoy.wait_for_endpoints(&endpoints);
+    assert_eq!(node_of(&git(None)), "pod-a.2");
+
+    // Gone from EDS: 503 (strict, as overleaf.yaml's /git/), never another pod.
+    endpoints.remove(0);
+    eds.publish(&endpoints);
+    envoy.wait_for_endpoints(&endpoints);
+    assert_eq!(git(None).status, 503);
+    assert_eq!(envoy.counter("wasmcustom.tether_affinity.redispatched", 0), 0);
+    drop((a2, b));
+}
