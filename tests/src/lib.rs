@@ -9,6 +9,7 @@ pub mod envoy;
 pub mod haproxy;
 pub mod http;
 pub mod node;
+pub mod openapi;
 pub mod sample;
 pub mod wait;
 pub mod wasm_host;

@@ -165,3 +165,144 @@ fn envoy_accepts_every_plugin_configuration() {
         );
     }
 }
+
+/// Istio's CRD schemas for the kinds the manifests use (tests/istio/crd-schemas.json, taken
+/// from istio/istio's crd-all.gen.yaml; its source line names the commit).
+fn crd_schemas() -> Value {
+    let path = repo_root().join("tests/istio/crd-schemas.json");
+    serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// Every Istio manifest under envoy/istio/.
+fn istio_manifests() -> Vec<(String, Value)> {
+    let mut out = Vec::new();
+    let mut files: Vec<_> = std::fs::read_dir(repo_root().join("envoy/istio"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    for path in files {
+        let relative = format!("envoy/istio/{}", path.file_name().unwrap().to_string_lossy());
+        for doc in yaml_documents(&relative) {
+            out.push((relative.clone(), doc));
+        }
+    }
+    out
+}
+
+/// Envoy's retry policies istiod accepts in `retryOn` (pkg/config/validation/agent/validation.go).
+const RETRY_ON: &[&str] = &[
+    "5xx",
+    "gateway-error",
+    "reset",
+    "connect-failure",
+    "envoy-ratelimited",
+    "refused-stream",
+    "retriable-4xx",
+    "retriable-status-codes",
+    "retriable-headers",
+    "cancelled",
+    "deadline-exceeded",
+    "internal",
+    "resource-exhausted",
+    "unavailable",
+    "reset-before-request",
+    "http3-post-connect-failure",
+];
+
+/// What istiod's validating webhook checks beyond the CRD schema, for the fields we use.
+fn webhook_errors(kind: &str, spec: &Value) -> Vec<String> {
+    let mut errors = Vec::new();
+    let whole_ms = |d: &Value, what: &str, errors: &mut Vec<String>| {
+        if let Some(text) = d.as_str() {
+            match tether_e2e::openapi::go_duration_nanos(text) {
+                Some(n) if n >= 1_000_000 && n % 1_000_000 == 0 => {}
+                _ => errors.push(format!("{what}: {text:?} must be at least 1ms, in whole milliseconds")),
+            }
+        }
+    };
+    if kind == "VirtualService" {
+        for (i, route) in spec["http"].as_array().into_iter().flatten().enumerate() {
+            whole_ms(&route["timeout"], &format!("http[{i}].timeout"), &mut errors);
+            let retries = &route["retries"];
+            whole_ms(&retries["perTryTimeout"], &format!("http[{i}].retries.perTryTimeout"), &mut errors);
+            if let Some(on) = retries["retryOn"].as_str() {
+                for policy in on.split(',').map(str::trim) {
+                    if !RETRY_ON.contains(&policy) && policy.parse::<u16>().is_err() {
+                        errors
+                            .push(format!("http[{i}].retries.retryOn: {policy:?} is not a retry policy istiod knows"));
+                    }
+                }
+            }
+            if retries["attempts"].as_i64() == Some(0)
+                && (retries.get("retryOn").is_some() || retries.get("perTryTimeout").is_some())
+            {
+                errors.push(format!("http[{i}].retries: attempts 0 with retry settings"));
+            }
+            let has_target = ["route", "redirect", "directResponse"].iter().any(|k| route.get(*k).is_some());
+            if !has_target {
+                errors.push(format!("http[{i}]: needs route, redirect or directResponse"));
+            }
+        }
+    }
+    if kind == "DestinationRule" {
+        let policy = &spec["trafficPolicy"];
+        for d in [&policy["outlierDetection"]["interval"], &policy["outlierDetection"]["baseEjectionTime"]] {
+            whole_ms(d, "outlierDetection", &mut errors);
+        }
+        for d in [&policy["connectionPool"]["tcp"]["connectTimeout"], &policy["connectionPool"]["http"]["idleTimeout"]]
+        {
+            whole_ms(d, "connectionPool", &mut errors);
+        }
+    }
+    if kind == "WasmPlugin" {
+        let names: Vec<&str> =
+            spec["vmConfig"]["env"].as_array().into_iter().flatten().filter_map(|e| e["name"].as_str()).collect();
+        if names.iter().any(|n| n.is_empty() || names.iter().filter(|m| *m == n).count() > 1) {
+            errors.push("vmConfig.env: names must be unique and non-empty".into());
+        }
+    }
+    errors
+}
+
+#[test]
+fn every_istio_manifest_passes_istios_crd_schema_and_webhook_rules() {
+    let crds = crd_schemas();
+    let mut checked = 0;
+    for (file, doc) in istio_manifests() {
+        let kind = doc["kind"].as_str().unwrap_or_default();
+        let Some(crd) = crds["kinds"].get(kind) else { continue }; // core kinds: Service, StatefulSet
+        assert_eq!(doc["apiVersion"], crd["apiVersion"], "{file}: {kind}");
+        let name = doc["metadata"]["name"].as_str().unwrap_or_default();
+        let mut errors = tether_e2e::openapi::validate(&crd["schema"]["properties"]["spec"], &doc["spec"]);
+        errors.extend(webhook_errors(kind, &doc["spec"]));
+        assert!(errors.is_empty(), "{file}: {kind} {name} would be refused:\n  {}", errors.join("\n  "));
+        checked += 1;
+    }
+    assert!(checked >= 10, "{checked} Istio resources checked");
+}
+
+#[test]
+fn the_checker_refuses_what_istio_refused_before() {
+    // The VirtualService route that kubectl apply refused ("must be a valid duration greater
+    // than 1ms", Istio 1.23+), and other mistakes istiod refuses.
+    let crds = crd_schemas();
+    let vs = &crds["kinds"]["VirtualService"]["schema"]["properties"]["spec"];
+    let spec = json!({"hosts": ["a.example.com"], "http": [
+        {"match": [{"headers": {"upgrade": {"exact": "websocket"}}}], "route": [{"destination": {"host": "a"}}], "timeout": "0s"},
+        {"route": [{"destination": {"host": "a"}}], "retries": {"attempts": 3, "retryOn": "connect-failure,sometimes"}},
+        {"route": [{"destination": {"host": "a"}}], "timeout": "1500us", "retry": {}}
+    ]});
+    let mut errors = tether_e2e::openapi::validate(vs, &spec);
+    errors.extend(webhook_errors("VirtualService", &spec));
+    let text = errors.join("\n");
+    for want in [
+        "http[0].timeout: must be a valid duration greater than 1ms",
+        "\"sometimes\" is not a retry policy",
+        "whole milliseconds",
+        "http[2].retry: unknown field",
+    ] {
+        assert!(text.contains(want), "{want}:\n{text}");
+    }
+}
