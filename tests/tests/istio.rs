@@ -72,7 +72,12 @@ fn with_nodes(mut v: Value, table: &Value) -> Value {
 #[test]
 fn istio_manifests_parse_and_are_known_kinds() {
     let mut kinds = BTreeMap::new();
-    for file in ["envoy/istio/overleaf-mesh.yaml", "envoy/istio/overleaf-wasmplugins.yaml"] {
+    for file in [
+        "envoy/istio/overleaf-mesh.yaml",
+        "envoy/istio/overleaf-wasmplugins.yaml",
+        "envoy/istio/overleaf-pods-mesh.yaml",
+        "envoy/istio/overleaf-pods-wasmplugins.yaml",
+    ] {
         for doc in yaml_documents(file) {
             let (api, kind) = (doc["apiVersion"].as_str().unwrap_or(""), doc["kind"].as_str().unwrap_or(""));
             let known = matches!(
@@ -81,13 +86,15 @@ fn istio_manifests_parse_and_are_known_kinds() {
                     "networking.istio.io/v1",
                     "Gateway" | "VirtualService" | "ServiceEntry" | "WorkloadEntry" | "DestinationRule"
                 ) | ("extensions.istio.io/v1alpha1", "WasmPlugin")
+                    | ("v1", "Service")
+                    | ("apps/v1", "StatefulSet")
             );
             assert!(known, "{file}: unexpected {api} {kind}");
             assert!(doc["metadata"]["name"].is_string() && doc["spec"].is_object(), "{file}: {doc}");
             *kinds.entry(kind.to_string()).or_insert(0) += 1;
         }
     }
-    assert_eq!(kinds.get("WasmPlugin"), Some(&4), "{kinds:?}");
+    assert_eq!(kinds.get("WasmPlugin"), Some(&(4 + 3)), "{kinds:?}");
     assert_eq!(kinds.get("WorkloadEntry"), Some(&3), "{kinds:?}");
 }
 
@@ -146,7 +153,11 @@ fn wasm_plugins_carry_the_overleaf_sample_configuration() {
 #[test]
 fn envoy_accepts_every_plugin_configuration() {
     let scratch = ScratchDir::new("istio");
-    for plugin in yaml_documents("envoy/istio/overleaf-wasmplugins.yaml") {
+    let plugins = [
+        yaml_documents("envoy/istio/overleaf-wasmplugins.yaml"),
+        yaml_documents("envoy/istio/overleaf-pods-wasmplugins.yaml"),
+    ];
+    for plugin in plugins.into_iter().flatten() {
         let spec = &plugin["spec"];
         let filter = spec["pluginName"].as_str().unwrap().trim_start_matches("tether.").replace('_', "-");
         let mut wasm = WasmFilter::new_struct(&filter, &spec["pluginConfig"].to_string());
@@ -154,7 +165,7 @@ fn envoy_accepts_every_plugin_configuration() {
             .as_array()
             .map(|a| a.iter().map(|e| e["name"].as_str().unwrap().to_string()).collect())
             .unwrap_or_default();
-        let path = scratch.join(&format!("{filter}.yaml"));
+        let path = scratch.join(&format!("{filter}-{}.yaml", plugin["metadata"]["name"].as_str().unwrap()));
         std::fs::write(&path, EnvoyConfig::new(vec![wasm], &[]).yaml()).unwrap();
         let out = validate(&path, SAMPLE_ENV);
         assert!(
@@ -305,4 +316,103 @@ fn the_checker_refuses_what_istio_refused_before() {
     ] {
         assert!(text.contains(want), "{want}:\n{text}");
     }
+}
+
+/// The Tether filters of envoy/overleaf-pods.yaml's https listener, in chain order, from their
+/// ECDS files: (root_id, failure_policy, host_env_keys, configuration).
+fn pods_filters() -> Vec<(String, String, Vec<String>, Value)> {
+    let doc = yaml_documents("envoy/overleaf-pods.yaml").remove(0);
+    let listener =
+        doc["static_resources"]["listeners"].as_array().unwrap().iter().find(|l| l["name"] == "https").unwrap().clone();
+    let filters =
+        listener["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"].as_array().unwrap().clone();
+    filters
+        .iter()
+        .filter(|f| f["name"].as_str().is_some_and(|n| n.starts_with("tether.")))
+        .map(|f| {
+            let file =
+                f["config_discovery"]["config_source"]["path_config_source"]["path"].as_str().expect("an ECDS path");
+            let c = yaml_documents(file).remove(0)["resources"][0]["typed_config"]["config"].clone();
+            let env = c["vm_config"]["environment_variables"]["host_env_keys"]
+                .as_array()
+                .map(|a| a.iter().map(|k| k.as_str().unwrap().to_string()).collect())
+                .unwrap_or_default();
+            (
+                c["root_id"].as_str().unwrap().to_string(),
+                c["failure_policy"].as_str().unwrap().to_string(),
+                env,
+                c["configuration"]["value"].clone(),
+            )
+        })
+        .collect()
+}
+
+/// Every string in `v` that is an IP address or `ip:port`, and every `nodes`/`address` key.
+fn addresses_in(v: &Value, at: &str, found: &mut Vec<String>) {
+    match v {
+        Value::Object(map) => {
+            for (k, child) in map {
+                if k == "nodes" || k == "address" {
+                    found.push(format!("{at}.{k}"));
+                }
+                addresses_in(child, &format!("{at}.{k}"), found);
+            }
+        }
+        Value::Array(items) => {
+            items.iter().enumerate().for_each(|(i, item)| addresses_in(item, &format!("{at}[{i}]"), found))
+        }
+        Value::String(s) if s.parse::<std::net::IpAddr>().is_ok() || s.parse::<std::net::SocketAddr>().is_ok() => {
+            found.push(format!("{at}: {s}"));
+        }
+        _ => {}
+    }
+}
+
+#[test]
+fn pod_wasm_plugins_carry_the_pods_sample_configuration_and_no_address() {
+    let mesh = yaml_documents("envoy/istio/overleaf-pods-mesh.yaml");
+    let mut plugins: Vec<Value> = yaml_documents("envoy/istio/overleaf-pods-wasmplugins.yaml")
+        .into_iter()
+        .filter(|d| d["kind"] == "WasmPlugin")
+        .collect();
+    plugins.sort_by_key(|p| -p["spec"]["priority"].as_i64().unwrap());
+    let sample = pods_filters();
+    assert_eq!(plugins.len(), sample.len(), "one WasmPlugin per Tether filter of envoy/overleaf-pods.yaml");
+    for (plugin, (root_id, policy, env, config)) in plugins.iter().zip(&sample) {
+        let spec = &plugin["spec"];
+        assert_eq!(spec["pluginName"].as_str(), Some(root_id.as_str()), "chain order or name");
+        assert_eq!(spec["failStrategy"].as_str(), Some(policy.as_str()), "{root_id}");
+        let plugin_env: Vec<String> = spec["vmConfig"]["env"]
+            .as_array()
+            .map(|a| a.iter().map(|e| e["name"].as_str().unwrap().to_string()).collect())
+            .unwrap_or_default();
+        assert_eq!(&plugin_env, env, "{root_id}: environment keys");
+        // What Istio cannot give: a per-pod name in endpoint metadata (istio.workload names the
+        // StatefulSet), so no X-Served-By and no name sealed with the address (README.md).
+        let mut expected = config.clone();
+        if let Some(map) = expected.as_object_mut() {
+            map.remove("served_by");
+            map.remove("endpoint_name");
+        }
+        assert_eq!(spec["pluginConfig"], expected, "{root_id}: configuration");
+        let mut found = Vec::new();
+        addresses_in(&spec["pluginConfig"], root_id, &mut found);
+        assert!(found.is_empty(), "addresses in plugin configuration: {found:?}");
+    }
+    // The mesh half of the routing contract on the Service of the pods; every route's
+    // destination is a Service of the file.
+    let services: Vec<&Value> = mesh.iter().filter(|d| d["kind"] == "Service").collect();
+    let pods = services.iter().find(|s| s["metadata"]["name"] == "server-pro").expect("the server-pro Service");
+    assert_eq!(pods["metadata"]["labels"]["istio.io/persistent-session-header"], "x-tether-session");
+    let vs = mesh.iter().find(|d| d["kind"] == "VirtualService").unwrap();
+    for route in vs["spec"]["http"].as_array().unwrap() {
+        let host = route["route"][0]["destination"]["host"].as_str().unwrap();
+        let name = host.split('.').next().unwrap();
+        assert!(services.iter().any(|s| s["metadata"]["name"] == name), "{host} is not a Service of the file");
+    }
+    let mut found = Vec::new();
+    for doc in &mesh {
+        addresses_in(&doc["spec"], doc["kind"].as_str().unwrap_or_default(), &mut found);
+    }
+    assert!(found.is_empty(), "addresses in the pods mesh manifests: {found:?}");
 }

@@ -28,6 +28,10 @@ struct AffinityConfig {
     /// Absent: the cookie carries the endpoint itself, sealed (EDS, pods, meshes).
     nodes: Option<Nodes>,
     endpoint_name: Option<EndpointName>,
+    /// Path prefixes affinity leaves alone: routed elsewhere (git-bridge's own Service), so a
+    /// request there neither follows nor moves the session.
+    #[serde(default)]
+    ignore_prefixes: Vec<String>,
     #[serde(default)]
     cookie: CookieConfig,
 }
@@ -205,6 +209,7 @@ impl SessionValues {
 pub struct AffinityPolicy {
     session_header: SessionHeader,
     binding: Binding,
+    ignore: Vec<crate::request_match::RequestMatch>,
     cookie: CookieSettings,
 }
 
@@ -332,9 +337,14 @@ impl AffinityPolicy {
             }
             (None, name) => Binding::Endpoints { name, values: SessionValues::default() },
         };
+        let mut ignore = Vec::with_capacity(config.ignore_prefixes.len());
+        for (i, p) in config.ignore_prefixes.iter().enumerate() {
+            ignore.push(crate::request_match::RequestMatch::prefix(p, &format!("ignore_prefixes[{i}]"))?);
+        }
         Ok(AffinityPolicy {
             session_header: config.session_header,
             binding,
+            ignore,
             cookie: CookieSettings {
                 keys: Keys::new(keys, &c.name),
                 name: c.name,
@@ -588,6 +598,8 @@ pub struct AffinityRequest {
     pub claim: Claim,
     pub state: CookieState,
     pub https: bool,
+    /// Under one of `ignore_prefixes`: left alone both ways.
+    pub ignored: bool,
 }
 
 /// What the response side decided besides its plan.
@@ -615,6 +627,12 @@ impl AffinityPolicy {
     /// cookie is removed before the backend sees it.
     pub fn on_request(&self, headers: &HeaderMap, facts: &mut dyn Facts) -> (Plan, AffinityRequest) {
         let mut plan = Plan::default();
+        if !self.ignore.is_empty() {
+            let path = crate::request_match::path_without_query(headers.get(":path").unwrap_or_default());
+            if self.ignore.iter().any(|p| p.matches(b"", path)) {
+                return (plan, AffinityRequest { ignored: true, ..AffinityRequest::default() });
+            }
+        }
         let cookie_name = self.cookie.name.as_str();
         let request_facts = self.request_facts(headers.iter());
         let claim = routing::claim(headers, &self.session_header, facts, &mut plan);
@@ -662,7 +680,7 @@ impl AffinityPolicy {
         let mut plan = Plan::default();
         let mut outcome = ResponseOutcome::default();
         routing::remove_echo(&mut plan, headers, &self.session_header, request.claim);
-        if request.claim == Claim::DecidedEarlier {
+        if request.claim == Claim::DecidedEarlier || request.ignored {
             return (plan, outcome); // e.g. a pinned /git/ request must not move the session
         }
         let Some(address) = facts.served() else { return (plan, outcome) }; // a local reply

@@ -341,6 +341,28 @@ fn forwarded_names_the_endpoint_from_its_metadata_without_a_nodes_table() {
 }
 
 #[test]
+fn affinity_leaves_ignored_prefixes_alone_both_ways() {
+    let json = r#"{"ignore_prefixes": ["/git/"], "cookie": {"keys": ["k-0123456789abcdef"]}}"#;
+    let policy = AffinityPolicy::from_json(json.as_bytes(), |_| None).unwrap();
+    let (_, fresh) = policy.on_request(&HeaderMap::from_pairs([(":path", "/")]), &mut FixedFacts::default());
+    let echo = HeaderMap::from_pairs([("x-tether-session", "MTI3LjAuMC4xOjgwMDI=")]);
+    let mut served = FixedFacts { served: Some(addr("127.0.0.1:8002")), ..FixedFacts::default() };
+    let Edit::Add(set) = &policy.on_response(&fresh, &echo, &mut served).0.edits[1].1 else { panic!() };
+    let cookie = String::from_utf8(set.to_vec()).unwrap().split(';').next().unwrap().to_string();
+    let git = HeaderMap::from_pairs([(":path", "/git/p.git/info/refs?service=x"), ("cookie", &cookie)]);
+    let mut facts = FixedFacts::default();
+    let (plan, request) = policy.on_request(&git, &mut facts);
+    assert!(request.ignored && plan == Plan::default() && facts.asked.is_empty(), "{plan:?} {:?}", facts.asked);
+    // Served by another endpoint (git-bridge), no session header: nothing, and no warning.
+    let mut facts = FixedFacts { served: Some(addr("10.9.9.9:8000")), ..FixedFacts::default() };
+    let (plan, outcome) = policy.on_response(&request, &HeaderMap::default(), &mut facts);
+    assert_eq!((plan, outcome), (Plan::default(), tether_core::affinity::ResponseOutcome::default()));
+    let (plan, _) = policy
+        .on_request(&HeaderMap::from_pairs([(":path", "/gitx"), ("cookie", &cookie)]), &mut FixedFacts::default());
+    assert!(plan.route.is_some(), "only the prefix is ignored");
+}
+
+#[test]
 fn affinity_leaves_a_request_another_filter_routed() {
     let policy = affinity();
     let headers = HeaderMap::from_pairs([(":path", "/git/x"), ("x-tether-session", "MTI3LjAuMC4xOjgwMDE=")]);
