@@ -197,6 +197,9 @@ pub struct EnvoyConfig {
     /// endpoint of that name (`metadata_match` on `envoy.lb.name`; 503 while it has none), with
     /// `stateful_session` and tether.affinity off: path-pin's `use-server` on dynamic endpoints.
     pub pinned_prefixes: Vec<(String, String)>,
+    /// `x-envoy-attempt-count` on upstream requests (the test node echoes it): tells a request
+    /// Envoy retried.
+    pub attempt_count: bool,
 }
 
 impl EnvoyConfig {
@@ -217,6 +220,7 @@ impl EnvoyConfig {
             eds: None,
             hashed_prefixes: Vec::new(),
             pinned_prefixes: Vec::new(),
+            attempt_count: false,
         }
     }
 
@@ -362,13 +366,14 @@ impl EnvoyConfig {
           route_config:
             virtual_hosts:
             - name: all
-              domains: ["*"]
+              domains: ["*"]{attempts}
               routes:{routes}
           http_filters:{filters}
           - name: envoy.filters.http.router
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"#,
             p100 = self.proxy_100_continue,
+            attempts = if self.attempt_count { "\n              include_request_attempt_count: true" } else { "" },
         );
         let listener = |name: &str, address: &str, tls: Option<&(PathBuf, PathBuf)>| {
             let transport = tls.map_or(String::new(), |(cert, key)| {

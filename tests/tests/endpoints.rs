@@ -102,18 +102,32 @@ fn spread(sessions: &[Session]) -> BTreeMap<String, usize> {
     by_pod
 }
 
-/// Idempotent GETs from other sessions, one after another, for as long as the churn lasts:
-/// every answer that is not a 200 is a request a user saw fail.
+/// Requests from other sessions, one after another, for as long as the churn lasts: idempotent
+/// GETs (every answer that is not a 200 is a request a user saw fail) and, with `posts`, every
+/// other one a POST to a path of its own (`/post/<n>`), so a POST a node saw twice is a replay.
 struct Load {
     stop: Arc<AtomicBool>,
     sent: Arc<AtomicU64>,
     failed: Arc<AtomicU64>,
     moved: Arc<AtomicU64>,
-    thread: Option<std::thread::JoinHandle<Vec<String>>>,
+    thread: Option<std::thread::JoinHandle<(Vec<String>, PostOutcome)>>,
+}
+
+/// What the load's POSTs met: answered, failed (not retried after they were sent, they may
+/// fail when their node dies under them), and retried by Envoy (`x-envoy-attempt-count` > 1).
+#[derive(Debug, Default, Clone, Copy)]
+struct PostOutcome {
+    sent: u64,
+    failed: u64,
+    retried: u64,
 }
 
 impl Load {
     fn start(envoy: &Envoy, cookies: Vec<String>) -> Load {
+        Load::start_with(envoy, cookies, false)
+    }
+
+    fn start_with(envoy: &Envoy, cookies: Vec<String>, posts: bool) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let [sent, failed, moved] = [(); 3].map(|()| Arc::new(AtomicU64::new(0)));
         let listener = envoy.listener;
@@ -121,10 +135,32 @@ impl Load {
         let thread = std::thread::spawn(move || {
             let mut errors = Vec::new();
             let mut cookies = cookies;
+            let mut post = PostOutcome::default();
             let mut i = 0;
             while !stop2.load(Ordering::SeqCst) {
                 let slot = i % cookies.len();
                 i += 1;
+                if posts && i % 2 == 0 {
+                    post.sent += 1;
+                    match request(listener, "POST", &format!("/post/{i}"), &[("cookie", &cookies[slot])]) {
+                        Ok(r) if r.status == 200 => {
+                            let attempts = r.json()["headers"]
+                                .as_array()
+                                .into_iter()
+                                .flatten()
+                                .find(|h| h[0] == "x-envoy-attempt-count")
+                                .and_then(|h| h[1].as_str()?.parse::<u32>().ok())
+                                .unwrap_or(1);
+                            post.retried += u64::from(attempts > 1);
+                            if let Some(c) = our_cookie(&r) {
+                                cookies[slot] = c;
+                                moved2.fetch_add(1, Ordering::SeqCst);
+                            }
+                        }
+                        _ => post.failed += 1,
+                    }
+                    continue;
+                }
                 sent2.fetch_add(1, Ordering::SeqCst);
                 match request(listener, "GET", "/load", &[("cookie", &cookies[slot])]) {
                     Ok(r) if r.status == 200 => {
@@ -139,17 +175,22 @@ impl Load {
                     }
                 }
             }
-            errors
+            (errors, post)
         });
         Load { stop, sent, failed, moved, thread: Some(thread) }
     }
 
-    /// Stops the load: (requests sent, failed, the failures, new cookies its sessions got).
-    fn finish(mut self) -> (u64, u64, Vec<String>, u64) {
+    /// Stops the load: (GETs sent, failed, the failures, new cookies its sessions got).
+    fn finish(self) -> (u64, u64, Vec<String>, u64) {
+        let (sent, failed, errors, moved, _) = self.finish_with_posts();
+        (sent, failed, errors, moved)
+    }
+
+    fn finish_with_posts(mut self) -> (u64, u64, Vec<String>, u64, PostOutcome) {
         self.stop.store(true, Ordering::SeqCst);
-        let errors = self.thread.take().map(|t| t.join().unwrap_or_default()).unwrap_or_default();
+        let (errors, posts) = self.thread.take().map(|t| t.join().unwrap_or_default()).unwrap_or_default();
         let count = |c: &AtomicU64| c.load(Ordering::SeqCst);
-        (count(&self.sent), count(&self.failed), errors, count(&self.moved))
+        (count(&self.sent), count(&self.failed), errors, count(&self.moved), posts)
     }
 }
 
@@ -159,7 +200,13 @@ fn sealed_sessions_through_scale_drain_removal_restart_and_address_reuse() {
     let mut endpoints =
         vec![Endpoint::new("pod-a", a.addr), Endpoint::new("pod-b", b.addr), Endpoint::new("pod-c", c.addr)];
     let mut eds = EdsFile::new(&endpoints);
-    let envoy = start(&endpoints, &eds);
+    // The samples' retry policies: idempotent requests also after they were sent, others only
+    // before (a POST is never replayed).
+    let mut config = EnvoyConfig::new(vec![WasmFilter::new("affinity", CONFIG)], &[]).with_eds(&eds, &endpoints);
+    config.retry_on = "connect-failure,reset-before-request".to_string();
+    config.idempotent_retry_on = Some("connect-failure,reset".to_string());
+    config.attempt_count = true;
+    let envoy = Envoy::start(&config.with_routing(HEADER));
     let redispatched = "wasmcustom.tether_affinity.redispatched";
     let replaced = "wasmcustom.tether_affinity.endpoint_replaced";
 
@@ -170,7 +217,7 @@ fn sealed_sessions_through_scale_drain_removal_restart_and_address_reuse() {
     let cookie = &sessions[0].cookie;
     assert!(!cookie.contains("127.0.0.1") && !cookie.contains(&a.addr.port().to_string()), "sealed: {cookie}");
     assert_eq!(visit(&envoy, &mut sessions), Round { kept: 45, ..Round::default() });
-    let load = Load::start(&envoy, new_sessions(&envoy, 6).into_iter().map(|s| s.cookie).collect());
+    let load = Load::start_with(&envoy, new_sessions(&envoy, 6).into_iter().map(|s| s.cookie).collect(), true);
     let mut moved_total = 0;
 
     // Scale up 3 → 4: no session moves; new sessions reach the new pod.
@@ -203,7 +250,6 @@ fn sealed_sessions_through_scale_drain_removal_restart_and_address_reuse() {
     moved_total += round.moved.len();
     assert_eq!(visit(&envoy, &mut sessions).kept, sessions.len(), "moved once");
     assert!(envoy.counter_at_least(redispatched, moved_total as u64) >= moved_total as u64);
-    drop(a);
 
     let on_b = on(&sessions, "pod-b");
     // pod-b restarts (killed, comes back on a new port with the same name, as a StatefulSet's
@@ -239,19 +285,33 @@ fn sealed_sessions_through_scale_drain_removal_restart_and_address_reuse() {
     assert_eq!(visit(&envoy, &mut sessions).kept, sessions.len(), "replaced once");
     assert!(envoy.counter_at_least(replaced, on_c as u64) >= on_c as u64);
 
-    let (sent, failed, errors, load_moved) = load.finish();
+    let (sent, failed, errors, load_moved, posts) = load.finish_with_posts();
+    // A POST path seen twice by a node still running is a replay (pod-b and pod-c were killed:
+    // what they saw is gone, but a replay would have been sent to a live pod afterwards).
+    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    for node in [&a, &b2, &d, &e] {
+        for r in node.requests().into_iter().filter(|r| r.method == "POST") {
+            *seen.entry(r.path).or_default() += 1;
+        }
+    }
+    let replayed = seen.values().filter(|&&n| n > 1).count();
     let [moves, replacements] = envoy.counters_after_tick([redispatched, replaced]);
     // Every new cookie the filter counted is one a client saw: these sessions' and the load's.
     assert_eq!(moves + replacements, (moved_total + on_c) as u64 + load_moved, "counters against clients");
     eprintln!(
         "dynamic endpoints: {} sessions; moved once {moved_total} (pod-a removed {on_a}, pod-b restarted {on_b}); \
-         replaced {on_c} (pod-c's address reused); wrongly moved 0; load {sent} GETs, {failed} failed, {load_moved} of its sessions moved; \
+         replaced {on_c} (pod-c's address reused); wrongly moved 0; load {sent} GETs, {failed} failed, {load_moved} of its sessions moved; {} POSTs, {} failed, {} retried before \
+         they were sent, {replayed} seen twice; \
          counters redispatched {moves}, endpoint_replaced {replacements}",
-        sessions.len()
+        sessions.len(),
+        posts.sent,
+        posts.failed,
+        posts.retried,
     );
     assert_eq!(failed, 0, "idempotent requests failed during the churn: {errors:?}");
+    assert_eq!(replayed, 0, "POSTs replayed: {:?}", seen.iter().filter(|(_, &n)| n > 1).collect::<Vec<_>>());
     assert!(sent > 50, "the load ran through the churn ({sent} requests)");
-    drop((d, e));
+    drop((a, d, e));
 }
 
 #[test]
