@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 use tether_core::token::{self, Claims, Key};
 use tether_e2e::eds::{EcdsFile, EdsFile, Endpoint};
 use tether_e2e::http::{request, Response};
@@ -613,4 +614,50 @@ fn a_path_pinned_to_a_pod_by_name_follows_it_through_a_restart_and_leaves_sessio
     assert_eq!(git(None).status, 503);
     assert_eq!(envoy.counter("wasmcustom.tether_affinity.redispatched", 0), 0);
     drop((a2, b));
+}
+
+#[test]
+fn a_hot_project_spills_over_with_bounded_load() {
+    // hash_balance_factor 150 (the harness's hashed cluster): no pod takes more than 1.5 times
+    // the average of the requests in flight; one project's burst spills to the next pods on
+    // its ring instead of piling on one (HAProxy hash-balance-factor).
+    let pods = [TestNode::start("pod-a"), TestNode::start("pod-b"), TestNode::start("pod-c")];
+    let endpoints: Vec<Endpoint> = pods.iter().map(|p| Endpoint::new(&p.name, p.addr)).collect();
+    let eds = EdsFile::new(&endpoints);
+    let mut config =
+        EnvoyConfig::new(vec![WasmFilter::new("uri-hash", r#"{"prefixes": ["/project/"], "depth": 2}"#)], &[])
+            .with_eds(&eds, &endpoints)
+            .with_routing(HEADER);
+    config.hashed_prefixes = vec!["/project/".to_string()];
+    let envoy = Envoy::start(&config);
+    envoy.wait_for_endpoints(&endpoints);
+    let path = "/project/5f3c00000000000000000000/compile";
+    let home = node_of(&request(envoy.listener, "GET", path, &[]).unwrap());
+    // One at a time, the project stays on its pod.
+    for _ in 0..5 {
+        assert_eq!(node_of(&request(envoy.listener, "GET", path, &[]).unwrap()), home);
+    }
+    // 24 requests in flight together: each held 1.5 s by its pod, started 25 ms apart. Envoy counts
+    // a request as active only once its upstream connection is up, so requests started in the
+    // same instant all see the home pod idle and overshoot the bound; spaced out, each sees the
+    // load the others put there.
+    let listener = envoy.listener;
+    let burst: Vec<_> = (0..24)
+        .map(|_| {
+            let t = std::thread::spawn(move || {
+                node_of(&request(listener, "GET", path, &[("x-test-delay-ms", "1500")]).unwrap())
+            });
+            std::thread::sleep(Duration::from_millis(25));
+            t
+        })
+        .collect();
+    let mut per_pod: BTreeMap<String, usize> = BTreeMap::new();
+    for t in burst {
+        *per_pod.entry(t.join().unwrap()).or_default() += 1;
+    }
+    eprintln!("bounded load: 24 concurrent requests of one project: {per_pod:?} (home {home})");
+    // A pod is full at ceil(1.5 x (active + 1) / 3) requests: the home pod takes about half the
+    // burst, the next pod on the ring the rest. Without the factor all 24 go home.
+    assert!(per_pod.len() > 1, "the burst spilled over: {per_pod:?}");
+    assert!(per_pod.values().all(|&n| n <= 24 / 2 + 1), "no pod above 1.5 x its share of 24: {per_pod:?}");
 }

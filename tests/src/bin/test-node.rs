@@ -16,6 +16,7 @@
 //!
 //! A request header `x-test-response-header: name: value` (repeatable) makes the node add that
 //! header to its response, so tests can play an application that sets its own cookie or HSTS.
+//! `x-test-delay-ms: N` makes it answer N ms late (at most 10 s): requests that stay in flight.
 //!
 //! Bodies are read with `Content-Length` or chunked framing and counted, never stored.
 //! `Expect: 100-continue` is answered with `100 Continue` before the body is read.
@@ -151,6 +152,9 @@ fn serve_connection(stream: TcpStream, state: &State) -> io::Result<()> {
             "body_bytes": body_bytes,
         });
         let body = serde_json::to_vec(&echo).unwrap_or_default();
+        if let Some(ms) = req.header("x-test-delay-ms").and_then(|v| v.parse::<u64>().ok()) {
+            std::thread::sleep(std::time::Duration::from_millis(ms.min(10_000)));
+        }
         let node = state.name.clone();
         let mut headers: Vec<(&str, &str)> = vec![("content-type", "application/json"), ("x-node", &node)];
         for (n, v) in &req.headers {
