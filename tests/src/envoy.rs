@@ -12,15 +12,25 @@ use std::time::Duration;
 /// How often a Tether VM hands its counts to Envoy (tether-glue's `vm::TICK_MS`).
 pub const TICK: Duration = Duration::from_millis(tether_glue::vm::TICK_MS as u64);
 
-/// The Envoy binary: `$ENVOY_BIN`, else the project virtualenv that `scripts/setup` makes.
+/// The Envoy binary: `$ENVOY_BIN`; else, with `TETHER_ENVOY_VERSION` set to another version than
+/// the default, the virtualenv `scripts/setup` makes for it (`.venvs/envoy-<version>`); else the
+/// default's (`.venv`, Envoy 1.40.0).
 pub fn envoy_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("ENVOY_BIN") {
         return PathBuf::from(p);
     }
-    let venv = repo_root().join(".venv/bin/envoy");
-    assert!(venv.exists(), "Envoy not found at {} and ENVOY_BIN is not set: run scripts/setup", venv.display());
+    let (venv, setup) = match std::env::var("TETHER_ENVOY_VERSION") {
+        Ok(v) if !v.is_empty() && v != DEFAULT_ENVOY_VERSION => {
+            (repo_root().join(format!(".venvs/envoy-{v}/bin/envoy")), format!("TETHER_ENVOY_VERSION={v} scripts/setup"))
+        }
+        _ => (repo_root().join(".venv/bin/envoy"), "scripts/setup".to_string()),
+    };
+    assert!(venv.exists(), "Envoy not found at {} and ENVOY_BIN is not set: run {setup}", venv.display());
     venv
 }
+
+/// The Envoy release `scripts/setup` installs and `scripts/test` runs unless told otherwise.
+pub const DEFAULT_ENVOY_VERSION: &str = "1.40.0";
 
 /// The release `.wasm` of a filter crate (`body-limit` → `tether_body_limit.wasm`).
 pub fn wasm_path(filter: &str) -> PathBuf {
@@ -161,6 +171,9 @@ pub struct EnvoyConfig {
     pub endpoints: Vec<SocketAddr>,
     /// HCM `proxy_100_continue`: the setting Tether documents (see body-limit README).
     pub proxy_100_continue: bool,
+    /// HCM `skip_xff_append`: the setting Tether documents; meshes (Istio, Envoy Gateway) leave
+    /// it false, so Envoy appends the peer to X-Forwarded-For before any filter runs.
+    pub skip_xff_append: bool,
     /// The routing contract: Envoy's `stateful_session` filter (header mode) on this header,
     /// after the wasm filters and before the router.
     pub session_header: Option<String>,
@@ -208,6 +221,7 @@ impl EnvoyConfig {
             filters,
             endpoints: nodes.iter().map(|n| n.addr).collect(),
             proxy_100_continue: true,
+            skip_xff_append: true,
             session_header: None,
             strict_prefixes: Vec::new(),
             tls: None,
@@ -360,7 +374,7 @@ impl EnvoyConfig {
           # The edge settings Tether documents: Envoy judges internal/external by the real
           # peer, and leaves X-Forwarded-For to the forwarded filter (no double append).
           use_remote_address: true
-          skip_xff_append: true
+          skip_xff_append: {skip_xff}
           proxy_100_continue: {p100}
           upgrade_configs: [{{ upgrade_type: websocket }}]
           route_config:
@@ -373,6 +387,7 @@ impl EnvoyConfig {
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"#,
             p100 = self.proxy_100_continue,
+            skip_xff = self.skip_xff_append,
             attempts = if self.attempt_count { "\n              include_request_attempt_count: true" } else { "" },
         );
         let listener = |name: &str, address: &str, tls: Option<&(PathBuf, PathBuf)>| {
@@ -587,9 +602,13 @@ impl Envoy {
             }
             std::fs::read_to_string(&admin_path).ok()?.trim().parse().ok()
         });
-        wait_for("Envoy /ready", Duration::from_secs(30), || match admin_get(envoy.admin, "/ready") {
-            Ok((200, _)) => Some(()),
-            _ => None,
+        // Envoy writes its admin address before it loads the listeners: a filter that cannot
+        // load (an Envoy built without a Wasm runtime) ends it here, said at once.
+        wait_for("Envoy /ready", Duration::from_secs(30), || {
+            if let Ok(Some(status)) = envoy.child.try_wait() {
+                panic!("Envoy exited with {status} during start-up");
+            }
+            matches!(admin_get(envoy.admin, "/ready"), Ok((200, _))).then_some(())
         });
         envoy.listeners = listener_addresses(envoy.admin);
         // "main" in generated configs; a sample's first listener otherwise.
