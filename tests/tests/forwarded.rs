@@ -13,6 +13,10 @@ struct Setup {
 }
 
 fn setup(extra: &str, with_body_limit: bool) -> Setup {
+    setup_with(extra, with_body_limit, true)
+}
+
+fn setup_with(extra: &str, with_body_limit: bool, skip_xff_append: bool) -> Setup {
     let node = TestNode::start("node-1");
     let certs = ScratchDir::new("certs");
     let config = format!(
@@ -27,6 +31,7 @@ fn setup(extra: &str, with_body_limit: bool) -> Setup {
     let mut c = EnvoyConfig::new(filters, &[&node]);
     c.tls = Some(self_signed_cert(&certs));
     c.ipv6 = true;
+    c.skip_xff_append = skip_xff_append;
     Setup { envoy: Envoy::start(&c), _node: node, _certs: certs }
 }
 
@@ -130,6 +135,20 @@ fn a_trusted_proxy_hop_keeps_the_original_client() {
     let r =
         curl(&["--interface", "127.0.0.2", "-H", "X-Forwarded-For: 6.6.6.6, 198.51.100.7", &s.envoy.url("/x")], None);
     assert_eq!(one(&r, "x-real-ip"), "198.51.100.7");
+}
+
+#[test]
+fn a_meshs_own_append_of_the_peer_is_not_doubled() {
+    // Istio's and Envoy Gateway's listeners leave skip_xff_append false: Envoy appends the peer
+    // to X-Forwarded-For before the filter reads it. The peer is named once all the same.
+    let s = setup_with("", false, false);
+    let via_proxy =
+        curl(&["--interface", "127.0.0.2", "-H", "X-Forwarded-For: 198.51.100.7", &s.envoy.url("/x")], None);
+    assert_eq!(one(&via_proxy, "x-forwarded-for"), "198.51.100.7, 127.0.0.2");
+    assert_eq!(one(&via_proxy, "x-real-ip"), "198.51.100.7");
+    let direct = curl(&["-H", "X-Forwarded-For: 6.6.6.6", &s.envoy.url("/x")], None);
+    assert_eq!(one(&direct, "x-forwarded-for"), "127.0.0.1");
+    assert_eq!(one(&direct, "x-real-ip"), "127.0.0.1");
 }
 
 #[test]

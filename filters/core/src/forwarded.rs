@@ -482,7 +482,14 @@ impl ForwardedPolicy {
         outcome.forged = !trusted && FORWARDING_HEADERS.iter().any(|h| headers.contains(h));
         let xff_lines: Vec<&[u8]> = if trusted { headers.all("x-forwarded-for").collect() } else { Vec::new() };
         // From a trusted peer its chain counts; an unreadable chain is nobody's word.
-        let chain: Vec<IpAddr> = if trusted { parse_xff(&xff_lines).unwrap_or_default() } else { Vec::new() };
+        let mut chain: Vec<IpAddr> = if trusted { parse_xff(&xff_lines).unwrap_or_default() } else { Vec::new() };
+        // Envoy already appended the peer when the listener does not skip it (Istio's and
+        // Envoy Gateway's default): the peer is named once, by us, not twice.
+        if let (Some(last), Some(peer)) = (chain.last(), peer) {
+            if canonical(*last) == canonical(peer) {
+                chain.pop();
+            }
+        }
         let client = peer.map(|peer| self.client(&chain, peer));
         let trusted_proto = if trusted { headers.get("x-forwarded-proto") } else { None };
         let proto = self.effective_proto(trusted_proto, tls);

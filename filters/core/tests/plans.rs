@@ -47,7 +47,7 @@ fn forwarded_plans_for_trusted_and_untrusted_peers() {
     .unwrap();
     // (peer, request headers, wanted edits)
     type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a [(&'a str, Option<&'a str>)]);
-    let cases: [Case; 3] = [
+    let cases: [Case; 5] = [
         (
             "203.0.113.7",
             &[(":path", "/")],
@@ -62,6 +62,18 @@ fn forwarded_plans_for_trusted_and_untrusted_peers() {
             "10.1.2.3",
             &[(":path", "/"), ("x-forwarded-for", "198.51.100.1"), ("x-forwarded-proto", "https")],
             &[("x-forwarded-for", Some("198.51.100.1, 10.1.2.3")), ("x-forwarded-proto", Some("https"))],
+        ),
+        // A mesh's listener (skip_xff_append false) already appended the peer: named once.
+        (
+            "10.1.2.3",
+            &[(":path", "/"), ("x-forwarded-for", "198.51.100.1, 10.1.2.3")],
+            &[("x-forwarded-for", Some("198.51.100.1, 10.1.2.3")), ("x-forwarded-proto", Some("http"))],
+        ),
+        // ... and from an untrusted peer, whose list never counts.
+        (
+            "203.0.113.7",
+            &[(":path", "/"), ("x-forwarded-for", "1.2.3.4, 203.0.113.7")],
+            &[("x-forwarded-for", Some("203.0.113.7")), ("x-forwarded-proto", Some("http"))],
         ),
     ];
     for (ip, headers, want) in cases {
