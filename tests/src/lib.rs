@@ -8,6 +8,7 @@ pub mod eds;
 pub mod envoy;
 pub mod haproxy;
 pub mod http;
+pub mod manifests;
 pub mod node;
 pub mod openapi;
 pub mod sample;

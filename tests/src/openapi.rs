@@ -39,6 +39,10 @@ const KNOWN_KEYWORDS: &[&str] = &[
     "x-kubernetes-list-type",
     "x-kubernetes-list-map-keys",
     "default",
+    "pattern",
+    "allOf",
+    "minProperties",
+    "x-kubernetes-map-type",
 ];
 
 fn check(schema: &Value, value: &Value, path: &str, errors: &mut Vec<String>) {
@@ -88,9 +92,14 @@ fn check(schema: &Value, value: &Value, path: &str, errors: &mut Vec<String>) {
         Value::Object(o) => Some(o.len()),
         _ => None,
     };
-    for (keyword, is_max) in
-        [("maxLength", true), ("minLength", false), ("maxItems", true), ("minItems", false), ("maxProperties", true)]
-    {
+    for (keyword, is_max) in [
+        ("maxLength", true),
+        ("minLength", false),
+        ("maxItems", true),
+        ("minItems", false),
+        ("maxProperties", true),
+        ("minProperties", false),
+    ] {
         if let (Some(bound), Some(n)) = (schema.get(keyword).and_then(Value::as_u64), count(value)) {
             let n = n as u64;
             if (is_max && n > bound) || (!is_max && n < bound) {
@@ -110,6 +119,21 @@ fn check(schema: &Value, value: &Value, path: &str, errors: &mut Vec<String>) {
             }
         }
     }
+    if let Some(all) = schema.get("allOf").and_then(Value::as_array) {
+        for (i, option) in all.iter().enumerate() {
+            for e in validate(option, value) {
+                errors.push(format!("{path}: allOf[{i}]: {e}"));
+            }
+        }
+    }
+    // The API server matches with Go's regexp (RE2, unanchored); the regex crate is RE2 too.
+    if let (Some(pattern), Some(text)) = (schema.get("pattern").and_then(Value::as_str), value.as_str()) {
+        match regex::Regex::new(pattern) {
+            Ok(re) if re.is_match(text) => {}
+            Ok(_) => errors.push(format!("{path}: {text:?} does not match {pattern}")),
+            Err(e) => errors.push(format!("{path}: pattern {pattern:?} is not checked here: {e}")),
+        }
+    }
     if let Some(not) = schema.get("not") {
         if validate(not, value).is_empty() {
             errors.push(format!("{path}: matches a schema it must not"));
@@ -125,7 +149,8 @@ fn check(schema: &Value, value: &Value, path: &str, errors: &mut Vec<String>) {
     if let Some(rules) = schema.get("x-kubernetes-validations").and_then(Value::as_array) {
         for rule in rules {
             let message = rule.get("message").and_then(Value::as_str).unwrap_or_default();
-            if let Err(e) = cel_rule(message, value) {
+            let expression = rule.get("rule").and_then(Value::as_str).unwrap_or_default();
+            if let Err(e) = type_selects_field(expression, value).unwrap_or_else(|| cel_rule(message, value)) {
                 errors.push(format!("{path}: {e}"));
             }
         }
@@ -187,6 +212,61 @@ pub fn go_duration_nanos(text: &str) -> Option<u128> {
     Some(total)
 }
 
+/// Whether `value` has `key`.
+fn has_in(value: &Value, key: &str) -> bool {
+    value.get(key).is_some()
+}
+
+/// `value[key]` as text, empty if absent.
+fn str_of<'a>(value: &'a Value, key: &str) -> &'a str {
+    value[key].as_str().unwrap_or_default()
+}
+
+/// Whether no two items share a key.
+fn unique_by(items: &[&Value], key: impl Fn(&Value) -> String) -> bool {
+    let keys: Vec<String> = items.iter().map(|i| key(i)).collect();
+    keys.iter().all(|k| keys.iter().filter(|m| *m == k).count() == 1)
+}
+
+/// A rule about a field this checker does not model: fine while the field is absent.
+fn unchecked_unless_absent(message: &str, absent: bool) -> Result<(), String> {
+    if absent {
+        Ok(())
+    } else {
+        Err(format!("CEL rule {message:?} is not checked here"))
+    }
+}
+
+/// What an Envoy Gateway policy may target.
+const POLICY_TARGETS: &[&str] =
+    &["Gateway", "ListenerSet", "HTTPRoute", "GRPCRoute", "UDPRoute", "TCPRoute", "TLSRoute"];
+
+/// A policy's `targetRef` (one object) or `targetRefs` (a list), as a list.
+fn targets(v: &Value) -> Vec<&Value> {
+    match v {
+        Value::Array(items) => items.iter().collect(),
+        Value::Null => Vec::new(),
+        one => vec![one],
+    }
+}
+
+/// The commonest rule of Envoy Gateway's CRDs, read from its expression: `self.type == 'HTTP' ?
+/// has(self.http) : !has(self.http)` (the field is set exactly when the type names it). `None`
+/// for any other expression.
+fn type_selects_field(expression: &str, value: &Value) -> Option<Result<(), String>> {
+    let rest = expression.trim().strip_prefix("self.type == '")?;
+    let (wanted, rest) = rest.split_once("' ? has(self.")?;
+    let (field, rest) = rest.split_once(") : !has(self.")?;
+    (rest == format!("{field})")).then(|| {
+        let selected = value.get("type").and_then(Value::as_str) == Some(wanted);
+        if selected == value.get(field).is_some() {
+            Ok(())
+        } else {
+            Err(format!("type {wanted} if and only if {field} is set"))
+        }
+    })
+}
+
 /// Istio's CEL rules, each by its message (the expressions are in tests/istio/crd-schemas.json).
 fn cel_rule(message: &str, value: &Value) -> Result<(), String> {
     let has = |field: &str| value.get(field).is_some();
@@ -199,6 +279,7 @@ fn cel_rule(message: &str, value: &Value) -> Result<(), String> {
     let ok = |good: bool| if good { Ok(()) } else { Err(message.to_string()) };
     let text = value.as_str().unwrap_or_default();
     let keys = || value.as_object().map(|o| o.keys().cloned().collect::<Vec<_>>()).unwrap_or_default();
+    let items = || value.as_array().map(|a| a.iter().collect::<Vec<_>>()).unwrap_or_default();
     let port_ok = |v: &Value| v.as_u64().is_some_and(|p| (1..=65535).contains(&p));
     match message {
         "must be a valid duration greater than 1ms" => ok(go_duration_nanos(text).is_some_and(|n| n >= 1_000_000)),
@@ -255,6 +336,181 @@ fn cel_rule(message: &str, value: &Value) -> Result<(), String> {
         }
         "value may only be set when valueFrom is INLINE" => {
             ok(value["valueFrom"].as_str() != Some("HOST") || !has("value"))
+        }
+        // Envoy Gateway's policies and the Gateway API (tests/envoy-gateway/crd-schemas.json).
+        // A transition rule (self == oldSelf) holds on create.
+        "Value is immutable" => Ok(()),
+        "either targetRef or targetRefs must be used" => ok((has("targetRef") != has("targetRefs"))
+            || value["targetSelectors"].as_array().is_some_and(|s| !s.is_empty())),
+        "this policy can only have a targetRef.group of gateway.networking.k8s.io" => {
+            ok(targets(&value["targetRef"]).iter().all(|t| t["group"] == "gateway.networking.k8s.io"))
+        }
+        "this policy can only have a targetRefs[*].group of gateway.networking.k8s.io" => {
+            ok(targets(&value["targetRefs"]).iter().all(|t| t["group"] == "gateway.networking.k8s.io"))
+        }
+        "this policy can only have a targetRef.kind of Gateway/ListenerSet/HTTPRoute/GRPCRoute/TCPRoute/UDPRoute/TLSRoute" => {
+            ok(targets(&value["targetRef"]).iter().all(|t| POLICY_TARGETS.contains(&t["kind"].as_str().unwrap_or_default())))
+        }
+        "this policy can only have a targetRefs[*].kind of Gateway/ListenerSet/HTTPRoute/GRPCRoute/TCPRoute/UDPRoute/TLSRoute" => {
+            ok(targets(&value["targetRefs"]).iter().all(|t| POLICY_TARGETS.contains(&t["kind"].as_str().unwrap_or_default())))
+        }
+        "mergeType can only be used with xRoute targets" => ok(!has("mergeType")),
+        "either compression or compressor can be set, not both" => ok(!(has("compression") && has("compressor"))),
+        "requestBuffer cannot be used together with httpUpgrade" => {
+            ok(!has("requestBuffer") || value["httpUpgrade"].as_array().is_none_or(|u| u.is_empty()))
+        }
+        "mergeGateways and mergeBackends cannot both be enabled" => {
+            ok(!(value["mergeGateways"] == true && has("mergeBackends")))
+        }
+        "one of before or after must be specified" => ok(has("before") || has("after")),
+        "only one of before or after can be specified" => ok(has("before") != has("after")),
+        "only one of envoyDeployment or envoyDaemonSet can be specified" => {
+            ok(!(has("envoyDeployment") && has("envoyDaemonSet")))
+        }
+        "cannot use envoyHpa if envoyDaemonSet is used" => ok(!(has("envoyHpa") && has("envoyDaemonSet"))),
+        "Either image or imageRepository can be set." => ok(!(has("image") && has("imageRepository"))),
+        // Gateway API: Gateway listeners.
+        "tls must not be specified for protocols ['HTTP', 'TCP', 'UDP']" => {
+            ok(items().iter().all(|l| !["HTTP", "TCP", "UDP"].contains(&str_of(l, "protocol")) || l.get("tls").is_none()))
+        }
+        "tls mode must be Terminate for protocol HTTPS" => ok(items().iter().all(|l| {
+            str_of(l, "protocol") != "HTTPS" || ["", "Terminate"].contains(&l["tls"]["mode"].as_str().unwrap_or_default())
+        })),
+        "tls mode must be set for protocol TLS" => {
+            ok(items().iter().all(|l| str_of(l, "protocol") != "TLS" || !str_of(&l["tls"], "mode").is_empty()))
+        }
+        "hostname must not be specified for protocols ['TCP', 'UDP']" => {
+            ok(items().iter().all(|l| !["TCP", "UDP"].contains(&str_of(l, "protocol")) || str_of(l, "hostname").is_empty()))
+        }
+        "Listener name must be unique within the Gateway" => ok(unique_by(&items(), |l| l["name"].to_string())),
+        "Combination of port, protocol and hostname must be unique for each listener" => {
+            ok(unique_by(&items(), |l| format!("{} {} {}", l["port"], l["protocol"], l["hostname"])))
+        }
+        "certificateRefs or options must be specified when mode is Terminate" => ok(str_of(value, "mode") != "Terminate"
+            || value["certificateRefs"].as_array().is_some_and(|r| !r.is_empty())
+            || value["options"].as_object().is_some_and(|o| !o.is_empty())),
+        // Gateway API: a route's parents (the same Gateway twice needs distinct listeners).
+        "sectionName or port must be specified when parentRefs includes 2 or more references to the same parent"
+        | "sectionName or port must be unique when parentRefs includes 2 or more references to the same parent" => {
+            let parent = |p: &Value| format!("{} {} {} {}", p["group"], p["kind"], p["name"], p["namespace"]);
+            let refs = items();
+            let shared: Vec<&Value> =
+                refs.iter().copied().filter(|p| refs.iter().filter(|q| parent(q) == parent(p)).count() > 1).collect();
+            let listener = |p: &Value| format!("{} {} {}", parent(p), p["sectionName"], p["port"]);
+            ok(shared.iter().all(|p| has_in(p, "sectionName") || has_in(p, "port")) && unique_by(&shared, listener))
+        }
+        // Schema defaults apply first: group "" and kind Service.
+        "Must have port for Service reference" => {
+            let core = str_of(value, "group").is_empty();
+            let service = value.get("kind").is_none_or(|k| k == "Service");
+            ok(!(core && service) || has("port"))
+        }
+        // Gateway API: HTTPRoute rules.
+        "While 16 rules and 64 matches per rule are allowed, the total number of matches across all rules in a route must be less than 128" => {
+            ok(items().iter().map(|r| r["matches"].as_array().map_or(0, Vec::len)).sum::<usize>() < 128)
+        }
+        "Rule name must be unique within the route" => {
+            let named: Vec<&Value> = items().into_iter().filter(|r| r.get("name").is_some()).collect();
+            ok(unique_by(&named, |r| r["name"].to_string()))
+        }
+        "RequestRedirect filter must not be used together with backendRefs" => ok(value["backendRefs"]
+            .as_array()
+            .is_none_or(|b| b.is_empty())
+            || value["filters"].as_array().is_none_or(|f| f.iter().all(|f| f.get("requestRedirect").is_none()))),
+        "When using RequestRedirect filter with path.replacePrefixMatch, exactly one PathPrefix match must be specified"
+        | "When using URLRewrite filter with path.replacePrefixMatch, exactly one PathPrefix match must be specified"
+        | "Within backendRefs, when using RequestRedirect filter with path.replacePrefixMatch, exactly one PathPrefix match must be specified"
+        | "Within backendRefs, When using URLRewrite filter with path.replacePrefixMatch, exactly one PathPrefix match must be specified" => {
+            unchecked_unless_absent(message, !value.to_string().contains("replacePrefixMatch"))
+        }
+        "May specify either httpRouteFilterRequestRedirect or httpRouteFilterRequestRewrite, but not both" => {
+            let types: Vec<&str> = items().iter().map(|f| str_of(f, "type")).collect();
+            ok(!(types.contains(&"RequestRedirect") && types.contains(&"URLRewrite")))
+        }
+        "CORS filter cannot be repeated"
+        | "RequestHeaderModifier filter cannot be repeated"
+        | "ResponseHeaderModifier filter cannot be repeated"
+        | "RequestRedirect filter cannot be repeated"
+        | "URLRewrite filter cannot be repeated" => {
+            let kind = message.split(' ').next().unwrap_or_default();
+            ok(items().iter().filter(|f| str_of(f, "type") == kind).count() <= 1)
+        }
+        // "filter.cors must be nil if the filter.type is not CORS", "... must be specified for
+        // CORS filter.type", and so on for each filter type.
+        m if m.starts_with("filter.") && m.contains(" must be nil if the filter.type is not ") => {
+            let (field, kind) = m.trim_start_matches("filter.").split_once(" must be nil if the filter.type is not ").unwrap_or_default();
+            ok(!has(field) || str_of(value, "type") == kind)
+        }
+        m if m.starts_with("filter.") && m.ends_with(" filter.type") && m.contains(" must be specified for ") => {
+            let (field, kind) = m.trim_start_matches("filter.").trim_end_matches(" filter.type").split_once(" must be specified for ").unwrap_or_default();
+            ok(has(field) || str_of(value, "type") != kind)
+        }
+        m if m.ends_with(" when type one of ['Exact', 'PathPrefix']") => {
+            let exact_or_prefix = ["Exact", "PathPrefix"].contains(&str_of(value, "type"));
+            let path = str_of(value, "value");
+            let good = match m.trim_end_matches(" when type one of ['Exact', 'PathPrefix']") {
+                "value must be an absolute path and start with '/'" => path.starts_with('/'),
+                "must not contain '//'" => !path.contains("//"),
+                "must not contain '/./'" => !path.contains("/./"),
+                "must not contain '/../'" => !path.contains("/../"),
+                "must not contain '%2f'" => !path.contains("%2f"),
+                "must not contain '%2F'" => !path.contains("%2F"),
+                "must not contain '#'" => !path.contains('#'),
+                "must not end with '/..'" => !path.ends_with("/.."),
+                "must not end with '/.'" => !path.ends_with("/."),
+                other => return Err(format!("CEL rule {other:?} is not checked here")),
+            };
+            ok(!exact_or_prefix || good)
+        }
+        "type must be one of ['Exact', 'PathPrefix', 'RegularExpression']" => {
+            ok(["Exact", "PathPrefix", "RegularExpression"].contains(&str_of(value, "type")))
+        }
+        "must only contain valid characters (matching ^(?:[-A-Za-z0-9/._~!$&'()*+,;=:@]|[%][0-9a-fA-F]{2})+$) for types ['Exact', 'PathPrefix']" => {
+            let valid = regex::Regex::new(r"^(?:[-A-Za-z0-9/._~!$&'()*+,;=:@]|[%][0-9a-fA-F]{2})+$").map_err(|e| e.to_string())?;
+            ok(!["Exact", "PathPrefix"].contains(&str_of(value, "type")) || valid.is_match(str_of(value, "value")))
+        }
+        "AbsoluteTimeout must be specified when cookie lifetimeType is Permanent" => {
+            ok(value["cookieConfig"]["lifetimeType"] != "Permanent" || has("absoluteTimeout"))
+        }
+        "cookieConfig can only be set with type Cookie" => ok(!has("cookieConfig") || str_of(value, "type") == "Cookie"),
+        "backendRequest timeout cannot be longer than request timeout" => {
+            let nanos = |k: &str| go_duration_nanos(str_of(value, k));
+            ok(match (nanos("request"), nanos("backendRequest")) {
+                (Some(request), Some(backend)) => request == 0 || backend <= request,
+                _ => true,
+            })
+        }
+        // Envoy Gateway: health checks and load balancers.
+        "The grpc field can only be set if the Health Checker type is GRPC." => {
+            ok(!has("grpc") || str_of(value, "type") == "GRPC")
+        }
+        "The requestBody field can only be set when method is POST or PUT." => {
+            ok(!has("requestBody") || ["POST", "PUT"].contains(&str_of(value, "method").to_ascii_uppercase().as_str()))
+        }
+        "Currently SlowStart is only supported for RoundRobin, LeastRequest, and BackendUtilization load balancers." => {
+            ok(!["Random", "ConsistentHash", "DynamicModule"].contains(&str_of(value, "type")) || !has("slowStart"))
+        }
+        "PreferLocal zone-aware routing is not supported for ConsistentHash load balancers. Use weightedZones instead." => {
+            ok(str_of(value, "type") != "ConsistentHash" || value["zoneAware"].get("preferLocal").is_none())
+        }
+        "PreferLocal zone-aware routing is not currently supported for BackendUtilization load balancers. Only WeightedZones can be used with BackendUtilization." => {
+            ok(str_of(value, "type") != "BackendUtilization" || value["zoneAware"].get("preferLocal").is_none())
+        }
+        "ZoneAware routing is not supported for DynamicModule load balancers." => {
+            ok(str_of(value, "type") != "DynamicModule" || !has("zoneAware"))
+        }
+        "ZoneAware PreferLocal and WeightedZones cannot be specified together." => {
+            ok(!(has_in(&value["zoneAware"], "preferLocal") && has_in(&value["zoneAware"], "weightedZones")))
+        }
+        "EndpointOverride is not supported for DynamicModule load balancers." => {
+            ok(str_of(value, "type") != "DynamicModule" || !has("endpointOverride"))
+        }
+        // Rules about fields the manifests leave out: checked only in that they are out.
+        "admissionControl can only be used with HTTPRoute, GRPCRoute, Gateway, or ListenerSet targets" => {
+            unchecked_unless_absent(message, !has("admissionControl"))
+        }
+        "predictivePercent in preconnect policy only works with RoundRobin or Random load balancers" => {
+            unchecked_unless_absent(message, value["connection"]["preconnect"].get("predictivePercent").is_none())
         }
         other => Err(format!("CEL rule {other:?} is not checked here")),
     }

@@ -10,18 +10,9 @@
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use tether_e2e::envoy::validate;
+use tether_e2e::manifests::{addresses_in, pods_filters, without_endpoint_names, yaml_documents};
 use tether_e2e::sample::SAMPLE_ENV;
 use tether_e2e::{repo_root, EnvoyConfig, ScratchDir, WasmFilter};
-
-fn yaml_documents(relative: &str) -> Vec<Value> {
-    let text = std::fs::read_to_string(repo_root().join(relative)).unwrap_or_else(|e| panic!("{relative}: {e}"));
-    serde_yaml_ng::Deserializer::from_str(&text)
-        .map(|doc| Value::deserialize(doc).unwrap_or_else(|e| panic!("{relative}: {e}")))
-        .filter(|v| !v.is_null())
-        .collect()
-}
-
-use serde::Deserialize;
 
 /// The Tether filters of the https listener of envoy/overleaf.yaml, in chain order:
 /// (root_id, failure_policy, host_env_keys, configuration with YAML anchors resolved).
@@ -318,56 +309,6 @@ fn the_checker_refuses_what_istio_refused_before() {
     }
 }
 
-/// The Tether filters of envoy/overleaf-pods.yaml's https listener, in chain order, from their
-/// ECDS files: (root_id, failure_policy, host_env_keys, configuration).
-fn pods_filters() -> Vec<(String, String, Vec<String>, Value)> {
-    let doc = yaml_documents("envoy/overleaf-pods.yaml").remove(0);
-    let listener =
-        doc["static_resources"]["listeners"].as_array().unwrap().iter().find(|l| l["name"] == "https").unwrap().clone();
-    let filters =
-        listener["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"].as_array().unwrap().clone();
-    filters
-        .iter()
-        .filter(|f| f["name"].as_str().is_some_and(|n| n.starts_with("tether.")))
-        .map(|f| {
-            let file =
-                f["config_discovery"]["config_source"]["path_config_source"]["path"].as_str().expect("an ECDS path");
-            let c = yaml_documents(file).remove(0)["resources"][0]["typed_config"]["config"].clone();
-            let env = c["vm_config"]["environment_variables"]["host_env_keys"]
-                .as_array()
-                .map(|a| a.iter().map(|k| k.as_str().unwrap().to_string()).collect())
-                .unwrap_or_default();
-            (
-                c["root_id"].as_str().unwrap().to_string(),
-                c["failure_policy"].as_str().unwrap().to_string(),
-                env,
-                c["configuration"]["value"].clone(),
-            )
-        })
-        .collect()
-}
-
-/// Every string in `v` that is an IP address or `ip:port`, and every `nodes`/`address` key.
-fn addresses_in(v: &Value, at: &str, found: &mut Vec<String>) {
-    match v {
-        Value::Object(map) => {
-            for (k, child) in map {
-                if k == "nodes" || k == "address" {
-                    found.push(format!("{at}.{k}"));
-                }
-                addresses_in(child, &format!("{at}.{k}"), found);
-            }
-        }
-        Value::Array(items) => {
-            items.iter().enumerate().for_each(|(i, item)| addresses_in(item, &format!("{at}[{i}]"), found))
-        }
-        Value::String(s) if s.parse::<std::net::IpAddr>().is_ok() || s.parse::<std::net::SocketAddr>().is_ok() => {
-            found.push(format!("{at}: {s}"));
-        }
-        _ => {}
-    }
-}
-
 #[test]
 fn pod_wasm_plugins_carry_the_pods_sample_configuration_and_no_address() {
     let mesh = yaml_documents("envoy/istio/overleaf-pods-mesh.yaml");
@@ -378,23 +319,18 @@ fn pod_wasm_plugins_carry_the_pods_sample_configuration_and_no_address() {
     plugins.sort_by_key(|p| -p["spec"]["priority"].as_i64().unwrap());
     let sample = pods_filters();
     assert_eq!(plugins.len(), sample.len(), "one WasmPlugin per Tether filter of envoy/overleaf-pods.yaml");
-    for (plugin, (root_id, policy, env, config)) in plugins.iter().zip(&sample) {
-        let spec = &plugin["spec"];
-        assert_eq!(spec["pluginName"].as_str(), Some(root_id.as_str()), "chain order or name");
-        assert_eq!(spec["failStrategy"].as_str(), Some(policy.as_str()), "{root_id}");
+    for (plugin, filter) in plugins.iter().zip(&sample) {
+        let (spec, root_id) = (&plugin["spec"], filter.root_id.as_str());
+        assert_eq!(spec["pluginName"].as_str(), Some(root_id), "chain order or name");
+        assert_eq!(spec["failStrategy"].as_str(), Some(filter.failure_policy.as_str()), "{root_id}");
         let plugin_env: Vec<String> = spec["vmConfig"]["env"]
             .as_array()
             .map(|a| a.iter().map(|e| e["name"].as_str().unwrap().to_string()).collect())
             .unwrap_or_default();
-        assert_eq!(&plugin_env, env, "{root_id}: environment keys");
+        assert_eq!(plugin_env, filter.env_keys, "{root_id}: environment keys");
         // What Istio cannot give: a per-pod name in endpoint metadata (istio.workload names the
         // StatefulSet), so no X-Served-By and no name sealed with the address (README.md).
-        let mut expected = config.clone();
-        if let Some(map) = expected.as_object_mut() {
-            map.remove("served_by");
-            map.remove("endpoint_name");
-        }
-        assert_eq!(spec["pluginConfig"], expected, "{root_id}: configuration");
+        assert_eq!(spec["pluginConfig"], without_endpoint_names(&filter.config), "{root_id}: configuration");
         let mut found = Vec::new();
         addresses_in(&spec["pluginConfig"], root_id, &mut found);
         assert!(found.is_empty(), "addresses in plugin configuration: {found:?}");
