@@ -29,6 +29,15 @@ pub fn envoy_bin() -> PathBuf {
     venv
 }
 
+/// The release of [`envoy_bin`] (`1.40.0`), from `envoy --version`; `unknown` if it says none.
+pub fn envoy_version() -> String {
+    let out = Command::new(envoy_bin()).arg("--version").output().map(|o| o.stdout).unwrap_or_default();
+    let text = String::from_utf8_lossy(&out);
+    // "<path>  version: <sha>/1.40.0/Clean/RELEASE/BoringSSL"
+    let build = text.split_once("version: ").map_or("", |(_, b)| b);
+    build.split('/').nth(1).filter(|v| v.split('.').count() == 3).unwrap_or("unknown").to_string()
+}
+
 /// The Envoy release `scripts/setup` installs and `scripts/test` runs unless told otherwise.
 pub const DEFAULT_ENVOY_VERSION: &str = "1.40.0";
 

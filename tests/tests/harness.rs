@@ -40,3 +40,16 @@ fn test_node_websocket_echo() {
     ws.send(tungstenite::Message::binary(vec![1, 2, 3])).unwrap();
     assert_eq!(ws.read().unwrap().into_data(), vec![1u8, 2, 3]);
 }
+
+#[test]
+fn the_envoy_under_test_is_the_version_asked_for() {
+    // scripts/matrix relies on it: TETHER_ENVOY_VERSION picks the binary (ENVOY_BIN aside).
+    if std::env::var_os("ENVOY_BIN").is_some() {
+        return;
+    }
+    let wanted = std::env::var("TETHER_ENVOY_VERSION")
+        .ok()
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| tether_e2e::envoy::DEFAULT_ENVOY_VERSION.to_string());
+    assert_eq!(tether_e2e::envoy::envoy_version(), wanted);
+}

@@ -536,8 +536,9 @@ fn report(
         md,
         "{rounds} interleaved rounds; per arm and round: {requests} requests (h2load, HTTP/1.1, 8 connections) for CPU, \
          wrk 2 s (8 connections) for requests/s, {rate} requests/s open-loop for 1 s for latency. Proxies pinned to \
-         CPU 0 (Envoy 1.40.0 `--concurrency 1`, HAProxy `nbthread 1`); load and nodes on CPU 1. Machine: {cpus}, \
+         CPU 0 (Envoy {} `--concurrency 1`, HAProxy `nbthread 1`); load and nodes on CPU 1. Machine: {cpus}, \
          2 cores. Run took {:.0} s. Medians, min–max in brackets; Δ against Envoy with no filter in the same run.\n",
+        tether_e2e::envoy::envoy_version(),
         took.as_secs_f64()
     );
     let _ = writeln!(
