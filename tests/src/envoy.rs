@@ -455,9 +455,12 @@ impl EnvoyConfig {
             (None, false) => panic!("hashed_prefixes need EDS endpoints (with_eds): Maglev hashes their host names"),
             (_, true) => String::new(),
         };
+        // File-based xDS (EDS, ECDS) needs a node id and cluster.
+        let xds_node = "\nnode: { id: tether-e2e, cluster: tether-e2e }".to_string();
+        let uses_ecds = self.filters.iter().any(|f| f.ecds.is_some());
         let (node, discovery) = match &self.eds {
             None => (
-                String::new(),
+                if uses_ecds { xds_node.clone() } else { String::new() },
                 format!(
                     r#"
     type: STATIC
@@ -468,7 +471,7 @@ impl EnvoyConfig {
                 ),
             ),
             Some(path) => (
-                "\nnode: { id: tether-e2e, cluster: tether-e2e }".to_string(),
+                xds_node,
                 format!(
                     r#"
     type: EDS
