@@ -180,6 +180,9 @@ pub struct EnvoyConfig {
     pub endpoints: Vec<SocketAddr>,
     /// HCM `proxy_100_continue`: the setting Tether documents (see body-limit README).
     pub proxy_100_continue: bool,
+    /// The main listener's port; 0 lets the OS choose. A hot restart hands the listening
+    /// socket to the new process by its configured address, so it needs a fixed port.
+    pub main_port: u16,
     /// HCM `skip_xff_append`: the setting Tether documents; meshes (Istio, Envoy Gateway) leave
     /// it false, so Envoy appends the peer to X-Forwarded-For before any filter runs.
     pub skip_xff_append: bool,
@@ -231,6 +234,7 @@ impl EnvoyConfig {
             endpoints: nodes.iter().map(|n| n.addr).collect(),
             proxy_100_continue: true,
             skip_xff_append: true,
+            main_port: 0,
             session_header: None,
             strict_prefixes: Vec::new(),
             tls: None,
@@ -413,10 +417,11 @@ impl EnvoyConfig {
               private_key: {{ filename: {key:?} }}"#
                 )
             });
+            let port = if name == "main" { self.main_port } else { 0 };
             format!(
                 r#"
   - name: {name}
-    address: {{ socket_address: {{ address: "{address}", port_value: 0 }} }}
+    address: {{ socket_address: {{ address: "{address}", port_value: {port} }} }}
     filter_chains:
     - filters:{hcm}{transport}"#
             )
@@ -545,7 +550,19 @@ pub struct Envoy {
     /// Every listener by name: "main", and "tls" / "ipv6" when configured.
     pub listeners: Vec<(String, SocketAddr)>,
     log_path: PathBuf,
+    /// What a hot restart repeats: the configuration, environment and threads, and the shared
+    /// memory's base id with this process's restart epoch.
+    launch: Launch,
     _dir: ScratchDir,
+}
+
+#[derive(Clone)]
+struct Launch {
+    yaml: String,
+    env: Vec<(String, String)>,
+    concurrency: u32,
+    base_id: Option<u64>,
+    epoch: u32,
 }
 
 impl Envoy {
@@ -574,11 +591,38 @@ impl Envoy {
     }
 
     fn launch(yaml: &str, env: &[(&str, &str)], concurrency: u32) -> Envoy {
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Envoy::launch_with(Launch { yaml: yaml.to_string(), env, concurrency, base_id: None, epoch: 0 })
+    }
+
+    /// A hot restart (`--restart-epoch`, how operators upgrade or reload Envoy): a new process
+    /// with the same configuration takes the listening sockets over from this one, which drains
+    /// for `drain` and then exits (`--parent-shutdown-time-s`). Needs a fixed listener port
+    /// ([`EnvoyConfig::main_port`]). Returns the new process once it is ready.
+    pub fn hot_restart(&self, drain: Duration) -> Envoy {
+        let base_id = self.launch.base_id.unwrap_or_else(|| panic!("no base id: Envoy did not write one"));
+        let secs = drain.as_secs().max(1).to_string();
+        let shutdown = (drain.as_secs().max(1) + 1).to_string();
+        let launch = Launch { base_id: Some(base_id), epoch: self.launch.epoch + 1, ..self.launch.clone() };
+        Envoy::launch_args(launch, &["--drain-time-s", &secs, "--parent-shutdown-time-s", &shutdown])
+    }
+
+    /// Whether the process has exited (as a hot restart's parent does once drained).
+    pub fn exited(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
+    }
+
+    fn launch_with(launch: Launch) -> Envoy {
+        Envoy::launch_args(launch, &[])
+    }
+
+    fn launch_args(launch: Launch, extra: &[&str]) -> Envoy {
         let dir = ScratchDir::new("envoy");
         let config_path = dir.join("envoy.yaml");
         let admin_path = dir.join("admin-address");
+        let base_id_path = dir.join("base-id");
         let log_path = dir.join("envoy.log");
-        std::fs::write(&config_path, yaml).unwrap_or_else(|e| panic!("write config: {e}"));
+        std::fs::write(&config_path, &launch.yaml).unwrap_or_else(|e| panic!("write config: {e}"));
         let mut cmd = Command::new(envoy_bin());
         cmd.arg("-c")
             .arg(&config_path)
@@ -586,7 +630,14 @@ impl Envoy {
             .arg(&admin_path)
             .arg("--log-path")
             .arg(&log_path)
-            .args(["--use-dynamic-base-id", "--concurrency", &concurrency.to_string()])
+            .args(["--concurrency", &launch.concurrency.to_string()]);
+        match launch.base_id {
+            // Epoch 0: a base id nobody else uses (tests run in parallel), written down for a
+            // hot restart to find the shared memory by.
+            None => cmd.arg("--use-dynamic-base-id").arg("--base-id-path").arg(&base_id_path),
+            Some(id) => cmd.args(["--base-id", &id.to_string(), "--restart-epoch", &launch.epoch.to_string()]),
+        };
+        cmd.args(extra)
             .args(["-l", "info", "--component-log-level"])
             // Tests want the filters' debug lines and health-check events; the bench sets
             // TETHER_ENVOY_COMPONENT_LOG=wasm:info so logging does not weigh on its figures.
@@ -594,7 +645,7 @@ impl Envoy {
             // Flush the log often so tests can poll it.
             .args(["--file-flush-interval-msec", "20"])
             .current_dir(repo_root())
-            .envs(env.iter().copied())
+            .envs(launch.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         crate::die_with_parent(&mut cmd);
@@ -606,6 +657,7 @@ impl Envoy {
             listener: unknown_address(),
             listeners: Vec::new(),
             log_path,
+            launch: launch.clone(),
             _dir: dir,
         };
         envoy.admin = wait_for("Envoy to write its admin address", Duration::from_secs(30), || {
@@ -622,6 +674,9 @@ impl Envoy {
             }
             matches!(admin_get(envoy.admin, "/ready"), Ok((200, _))).then_some(())
         });
+        if envoy.launch.base_id.is_none() {
+            envoy.launch.base_id = std::fs::read_to_string(&base_id_path).ok().and_then(|t| t.trim().parse().ok());
+        }
         envoy.listeners = listener_addresses(envoy.admin);
         // "main" in generated configs; a sample's first listener otherwise.
         envoy.listener = envoy

@@ -1,7 +1,9 @@
 //! Kubernetes-style validation of a custom resource against its CRD's `openAPIV3Schema`, as the
 //! API server does on `kubectl apply` (strict field validation): types, unknown fields, required
-//! fields, enums, bounds, `oneOf`/`anyOf`/`not`, and the CEL rules (`x-kubernetes-validations`)
-//! Istio's CRDs carry, each known rule by its message. A keyword or rule this checker does not
+//! fields, enums, bounds, patterns, `oneOf`/`anyOf`/`allOf`/`not`, and the CEL rules
+//! (`x-kubernetes-validations`) that Istio's, Envoy Gateway's and the Gateway API's CRDs carry
+//! where the manifests meet them, each known rule by its message (or, for the commonest
+//! shape, by its expression). A keyword or rule this checker does not
 //! know, met where a manifest puts a value, is an error too: nothing is skipped silently.
 
 use serde_json::Value;
@@ -267,7 +269,8 @@ fn type_selects_field(expression: &str, value: &Value) -> Option<Result<(), Stri
     })
 }
 
-/// Istio's CEL rules, each by its message (the expressions are in tests/istio/crd-schemas.json).
+/// The CEL rules met, each by its message (the expressions are in tests/istio/crd-schemas.json
+/// and tests/envoy-gateway/crd-schemas.json).
 fn cel_rule(message: &str, value: &Value) -> Result<(), String> {
     let has = |field: &str| value.get(field).is_some();
     let one_of = |fields: &[&str]| -> Result<(), String> {
