@@ -9,6 +9,7 @@ pub mod envoy;
 pub mod haproxy;
 pub mod http;
 pub mod manifests;
+pub mod nginx;
 pub mod node;
 pub mod openapi;
 pub mod sample;

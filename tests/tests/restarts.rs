@@ -192,16 +192,11 @@ fn echoes(ws: &mut Socket, text: &str) -> bool {
         && ws.read().ok().and_then(|m| m.into_text().ok()).is_some_and(|t| t.as_str() == text)
 }
 
-/// A port free a moment ago, for a listener a hot restart must find again by its address.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 #[test]
 fn a_hot_restart_under_load_fails_no_request_and_moves_no_session() {
     let nodes = three_nodes();
     let mut config = config(&nodes);
-    config.main_port = free_port();
+    config.main_port = tether_e2e::free_port();
     let mut old = Envoy::start(&config);
     let sessions = sessions(old.listener, 30);
     let (mut ws, ws_node) = websocket(old.listener, &sessions[0].0);
