@@ -116,7 +116,7 @@ pub fn process_rss_kib(pid: u32) -> u64 {
 }
 
 /// Makes a child die with the test process, even on SIGKILL of the test.
-pub(crate) fn die_with_parent(cmd: &mut std::process::Command) {
+pub fn die_with_parent(cmd: &mut std::process::Command) {
     use std::os::unix::process::CommandExt;
     // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
     unsafe {
