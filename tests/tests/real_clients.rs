@@ -160,3 +160,63 @@ fn socketio_sessions_hold_through_the_overleaf_sample_and_fail_without_affinity(
     assert!(failed >= 8, "a cookieless client must lose its session: {cookieless:?}");
     assert!(control_failed >= 8, "without affinity, long polling must fail: {runs:?}");
 }
+
+/// One failover run: a socket.io session through the Overleaf sample (with the sample's route
+/// retry policy, or with retries off), the node holding it killed after its first answer.
+/// The client's summary line.
+fn failover_run(transports: &str, retries: bool) -> Value {
+    use std::io::{BufRead, BufReader};
+    let mut nodes =
+        [AppNode::start("server-pro-ha-1"), AppNode::start("server-pro-ha-2"), AppNode::start("server-pro-ha-3")];
+    let addrs: Vec<SocketAddr> = nodes.iter().map(|n| n.addr).collect();
+    let mut sample = Sample::load_with("overleaf", &addrs);
+    if !retries {
+        assert!(sample.yaml.contains("num_retries: 3"));
+        sample.yaml = sample.yaml.replace("num_retries: 3", "num_retries: 0");
+    }
+    let envoy = Envoy::start_yaml(&sample.yaml, SAMPLE_ENV);
+    for addr in &addrs {
+        envoy.wait_for_endpoint_health(*addr, true);
+    }
+    let url = format!("https://{}", envoy.listener_named("https").unwrap());
+    let mut cmd = Command::new("node");
+    cmd.args(["failover.js", &url, transports, "4000"]).current_dir(clients_dir()).stdout(Stdio::piped());
+    tether_e2e::die_with_parent(&mut cmd);
+    let mut client = cmd.spawn().unwrap();
+    let mut lines = BufReader::new(client.stdout.take().unwrap()).lines();
+    let first: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    let home = first["node"].as_str().unwrap().to_string();
+    let index = ["server-pro-ha-1", "server-pro-ha-2", "server-pro-ha-3"].iter().position(|n| *n == home).unwrap();
+    let _ = nodes[index].child.kill();
+    let _ = nodes[index].child.wait();
+    let summary: Value = lines
+        .map_while(Result::ok)
+        .filter_map(|l| serde_json::from_str::<Value>(&l).ok())
+        .find(|v| v["summary"] == true)
+        .unwrap();
+    let _ = client.wait();
+    let nodes_seen = summary["nodes"].as_array().unwrap();
+    assert_eq!(nodes_seen.len(), 2, "moved once and stayed: {summary}");
+    assert_eq!(nodes_seen[0], home.as_str());
+    summary
+}
+
+#[test]
+fn a_killed_nodes_socketio_sessions_reconnect_elsewhere_and_stay() {
+    let mut report = Vec::new();
+    for (transports, retries) in
+        [("polling,websocket", true), ("polling,websocket", false), ("polling", true), ("polling", false)]
+    {
+        let s = failover_run(transports, retries);
+        report.push(format!(
+            "{transports}, retries {}: outage {} ms, {} disconnect(s), {} message(s) lost, {} answered",
+            if retries { "on" } else { "off" },
+            s["outage_ms"],
+            s["disconnects"],
+            s["lost"],
+            s["answered"]
+        ));
+        assert!(s["answered"].as_u64().unwrap() > 20, "{s}");
+    }
+    eprintln!("socket.io failover through the Overleaf sample:\n  {}", report.join("\n  "));
+}
