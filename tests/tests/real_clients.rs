@@ -5,11 +5,13 @@
 //! drops the cookie) must fail.
 //!
 //! The libraries are pinned in tests/clients/package-lock.json; scripts/setup installs them.
+//! The browser test (Debian's chromium through playwright-core) is ignored here and run by
+//! scripts/browser, which installs chromium.
 
 // Needs Envoy, Node.js and tests/clients/node_modules (scripts/setup), and the built modules.
 #![cfg(feature = "e2e")]
 
-use serde_json::Value;
+use serde_json::{json, Value};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -219,4 +221,56 @@ fn a_killed_nodes_socketio_sessions_reconnect_elsewhere_and_stay() {
         assert!(s["answered"].as_u64().unwrap() > 20, "{s}");
     }
     eprintln!("socket.io failover through the Overleaf sample:\n  {}", report.join("\n  "));
+}
+
+/// Sessions of a real browser (tests/clients/browser.js): one JSON value per session.
+fn browser(origin: &str, transport: &str, sessions: u32) -> Vec<Value> {
+    let out = Command::new("node")
+        .args(["browser.js", origin, transport, &sessions.to_string()])
+        .current_dir(clients_dir())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run node: {e}"));
+    assert!(out.status.success(), "browser.js: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+#[test]
+#[ignore = "needs chromium: scripts/browser installs it and runs this"]
+fn a_browser_keeps_its_session_on_one_node_with_socketio_and_sockjs() {
+    let nodes =
+        [AppNode::start("server-pro-ha-1"), AppNode::start("server-pro-ha-2"), AppNode::start("server-pro-ha-3")];
+    let addrs: Vec<SocketAddr> = nodes.iter().map(|n| n.addr).collect();
+    let sample = Sample::load_with("overleaf", &addrs);
+    let envoy = Envoy::start_yaml(&sample.yaml, SAMPLE_ENV);
+    for addr in &addrs {
+        envoy.wait_for_endpoint_health(*addr, true);
+    }
+    let origin = format!("https://{}", envoy.listener_named("https").unwrap());
+    let control = round_robin_envoy(&addrs);
+    let control_origin = format!("http://{}", control.listener);
+    let mut report = Vec::new();
+    for (transport, last) in [("polling", "polling"), ("websocket", "websocket"), ("sockjs", "xhr-polling")] {
+        let runs = browser(&origin, transport, 5);
+        for r in &runs {
+            assert_eq!(r["ok"], true, "{transport}: {r}");
+            assert_eq!(r["nodes"].as_array().map(Vec::len), Some(1), "one node per session: {r}");
+            assert_eq!(r["transport"], last, "{r}");
+            // The browser's own view of the affinity cookie: Secure over https, HttpOnly (the
+            // page's script cannot read it), SameSite Lax.
+            let ours =
+                r["cookies"].as_array().unwrap().iter().find(|c| c["name"] == "server-pro-ha").expect("the cookie");
+            assert_eq!(
+                (&ours["secure"], &ours["httpOnly"], &ours["sameSite"]),
+                (&json!(true), &json!(true), &json!("Lax"))
+            );
+            assert!(!r["cookie"].as_str().unwrap_or_default().contains("server-pro-ha"), "HttpOnly: {r}");
+        }
+        let control_runs = browser(&control_origin, transport, 5);
+        let control_failed = control_runs.iter().filter(|r| r["ok"] != true).count();
+        report.push(format!("{transport}: 5 of 5 sessions on one node through the sample; without affinity {control_failed} of 5 failed"));
+        if transport != "websocket" {
+            assert!(control_failed >= 4, "long polling without affinity must fail: {control_runs:?}");
+        }
+    }
+    eprintln!("chromium through the Overleaf sample:\n  {}", report.join("\n  "));
 }
