@@ -2,7 +2,7 @@
 // and runs socket.io or SockJS with its own cookie handling (Secure, SameSite, HttpOnly as a
 // user's browser applies them). Usage:
 //   node browser.js URL TRANSPORT SESSIONS
-// URL: the proxy's origin; TRANSPORT: polling | websocket | sockjs. Each session is a fresh
+// URL: the proxy's origin; TRANSPORT: polling | websocket | sockjs | sockjs-websocket. Each session is a fresh
 // browser context (no cookies), as a new visitor. Prints one JSON line per session.
 'use strict';
 const { chromium } = require('playwright-core');
