@@ -124,6 +124,20 @@ impl Response {
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("body is not JSON ({e}): {:?}", self.body))
     }
+
+    /// `name=value` of the cookie `name` this response sets, as a client sends it back.
+    pub fn set_cookie(&self, name: &str) -> Option<String> {
+        let prefix = format!("{name}=");
+        self.all("set-cookie")
+            .into_iter()
+            .find(|c| c.starts_with(&prefix))
+            .map(|c| c.split(';').next().unwrap_or_default().to_string())
+    }
+
+    /// The test node that answered (its `x-node` header), "" if none.
+    pub fn node(&self) -> String {
+        self.header("x-node").unwrap_or_default().to_string()
+    }
 }
 
 /// A minimal HTTP/1.1 request with no body and `connection: close`: fast enough to send

@@ -16,6 +16,7 @@ pub mod sample;
 pub mod wait;
 pub mod wasm_host;
 pub mod workload;
+pub mod ws;
 
 use std::path::PathBuf;
 

@@ -12,7 +12,7 @@ use std::time::Duration;
 use tether_core::token::{self, Claims, Key};
 use tether_e2e::eds::{EcdsFile, EdsFile, Endpoint};
 use tether_e2e::http::{request, Response};
-use tether_e2e::{Envoy, EnvoyConfig, TestNode, WasmFilter};
+use tether_e2e::{ws, Envoy, EnvoyConfig, TestNode, WasmFilter};
 
 const HEADER: &str = "x-tether-session";
 const KEY: &str = "e2e-test-key-0123456789abcdef";
@@ -522,24 +522,6 @@ fn ecds_rotates_the_key_while_serving_without_a_failed_request_or_a_lost_session
     assert!(envoy.error_lines().is_empty(), "{:?}", envoy.error_lines());
 }
 
-type Socket = tungstenite::WebSocket<tungstenite::stream::MaybeTlsStream<std::net::TcpStream>>;
-
-/// A WebSocket through Envoy with `cookie`: the socket and the pod that answered the upgrade.
-fn websocket(envoy: &Envoy, cookie: &str) -> (Socket, String) {
-    let mut req =
-        tungstenite::client::IntoClientRequest::into_client_request(format!("ws://{}/socket.io", envoy.listener))
-            .unwrap();
-    req.headers_mut().insert("cookie", cookie.parse().unwrap());
-    let (ws, resp) = tungstenite::connect(req).unwrap();
-    let pod = resp.headers().get("x-node").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
-    (ws, pod)
-}
-
-fn echoes(ws: &mut Socket, text: &str) -> bool {
-    ws.send(tungstenite::Message::text(text)).is_ok()
-        && ws.read().ok().and_then(|m| m.into_text().ok()).is_some_and(|t| t.as_str() == text)
-}
-
 #[test]
 fn a_websocket_on_a_pod_stays_open_while_it_drains_and_after_it_is_removed() {
     let (a, b) = (TestNode::start("pod-a"), TestNode::start("pod-b"));
@@ -547,19 +529,19 @@ fn a_websocket_on_a_pod_stays_open_while_it_drains_and_after_it_is_removed() {
     let mut eds = EdsFile::new(&endpoints);
     let envoy = start(&endpoints, &eds);
     let session = new_sessions(&envoy, 1).remove(0);
-    let (mut ws, pod) = websocket(&envoy, &session.cookie);
+    let (mut ws, pod) = ws::connect(envoy.listener, &session.cookie);
     assert_eq!(pod, session.pod);
-    assert!(echoes(&mut ws, "before"));
+    assert!(ws::echoes(&mut ws, "before"));
     let home = endpoints.iter().position(|e| e.name == pod).unwrap();
 
     // Draining: the open socket carries on, and the session's next upgrade still reaches its pod.
     endpoints[home] = endpoints[home].clone().draining();
     eds.publish(&endpoints);
     envoy.wait_for_endpoints(&endpoints);
-    assert!(echoes(&mut ws, "while draining"));
-    let (mut second, again) = websocket(&envoy, &session.cookie);
+    assert!(ws::echoes(&mut ws, "while draining"));
+    let (mut second, again) = ws::connect(envoy.listener, &session.cookie);
     assert_eq!(again, pod, "a draining pod keeps its sessions' new sockets");
-    assert!(echoes(&mut second, "second"));
+    assert!(ws::echoes(&mut second, "second"));
 
     // Removed (the pod still alive, in its grace period): sockets already open are left to
     // finish (Envoy does not cut upgraded streams on removal); the session's next socket goes
@@ -567,10 +549,10 @@ fn a_websocket_on_a_pod_stays_open_while_it_drains_and_after_it_is_removed() {
     endpoints.remove(home);
     eds.publish(&endpoints);
     envoy.wait_for_endpoints(&endpoints);
-    assert!(echoes(&mut ws, "after removal"), "the open socket is not cut");
-    let (mut third, elsewhere) = websocket(&envoy, &session.cookie);
+    assert!(ws::echoes(&mut ws, "after removal"), "the open socket is not cut");
+    let (mut third, elsewhere) = ws::connect(envoy.listener, &session.cookie);
     assert_ne!(elsewhere, pod, "new sockets go to a pod Envoy has");
-    assert!(echoes(&mut third, "third"));
+    assert!(ws::echoes(&mut third, "third"));
 }
 
 #[test]

@@ -116,17 +116,29 @@ static_resources:
     Envoy::start_yaml(&yaml, &[])
 }
 
-#[test]
-fn socketio_sessions_hold_through_the_overleaf_sample_and_fail_without_affinity() {
+/// Three app nodes behind envoy/overleaf.yaml (with its route retry policy, or with retries
+/// off), once Envoy sees them healthy; the sample's https origin.
+fn overleaf_sample(retries: bool) -> ([AppNode; 3], Envoy, String) {
     let nodes =
         [AppNode::start("server-pro-ha-1"), AppNode::start("server-pro-ha-2"), AppNode::start("server-pro-ha-3")];
     let addrs: Vec<SocketAddr> = nodes.iter().map(|n| n.addr).collect();
-    let sample = Sample::load_with("overleaf", &addrs);
+    let mut sample = Sample::load_with("overleaf", &addrs);
+    if !retries {
+        assert!(sample.yaml.contains("num_retries: 3"));
+        sample.yaml = sample.yaml.replace("num_retries: 3", "num_retries: 0");
+    }
     let envoy = Envoy::start_yaml(&sample.yaml, SAMPLE_ENV);
     for addr in &addrs {
         envoy.wait_for_endpoint_health(*addr, true);
     }
-    let url = format!("https://{}", envoy.listener_named("https").unwrap());
+    let origin = format!("https://{}", envoy.listener_named("https").unwrap());
+    (nodes, envoy, origin)
+}
+
+#[test]
+fn socketio_sessions_hold_through_the_overleaf_sample_and_fail_without_affinity() {
+    let (nodes, _envoy, url) = overleaf_sample(true);
+    let addrs: Vec<SocketAddr> = nodes.iter().map(|n| n.addr).collect();
 
     // Long polling only, and polling upgraded to WebSocket: 10 sessions each, 30 messages each,
     // every answer from the session's one node.
@@ -168,19 +180,7 @@ fn socketio_sessions_hold_through_the_overleaf_sample_and_fail_without_affinity(
 /// The client's summary line.
 fn failover_run(transports: &str, retries: bool) -> Value {
     use std::io::{BufRead, BufReader};
-    let mut nodes =
-        [AppNode::start("server-pro-ha-1"), AppNode::start("server-pro-ha-2"), AppNode::start("server-pro-ha-3")];
-    let addrs: Vec<SocketAddr> = nodes.iter().map(|n| n.addr).collect();
-    let mut sample = Sample::load_with("overleaf", &addrs);
-    if !retries {
-        assert!(sample.yaml.contains("num_retries: 3"));
-        sample.yaml = sample.yaml.replace("num_retries: 3", "num_retries: 0");
-    }
-    let envoy = Envoy::start_yaml(&sample.yaml, SAMPLE_ENV);
-    for addr in &addrs {
-        envoy.wait_for_endpoint_health(*addr, true);
-    }
-    let url = format!("https://{}", envoy.listener_named("https").unwrap());
+    let (mut nodes, _envoy, url) = overleaf_sample(retries);
     let mut cmd = Command::new("node");
     cmd.args(["failover.js", &url, transports, "4000"]).current_dir(clients_dir()).stdout(Stdio::piped());
     tether_e2e::die_with_parent(&mut cmd);
@@ -237,15 +237,8 @@ fn browser(origin: &str, transport: &str, sessions: u32) -> Vec<Value> {
 #[test]
 #[ignore = "needs chromium: scripts/browser installs it and runs this"]
 fn a_browser_keeps_its_session_on_one_node_with_socketio_and_sockjs() {
-    let nodes =
-        [AppNode::start("server-pro-ha-1"), AppNode::start("server-pro-ha-2"), AppNode::start("server-pro-ha-3")];
+    let (nodes, _envoy, origin) = overleaf_sample(true);
     let addrs: Vec<SocketAddr> = nodes.iter().map(|n| n.addr).collect();
-    let sample = Sample::load_with("overleaf", &addrs);
-    let envoy = Envoy::start_yaml(&sample.yaml, SAMPLE_ENV);
-    for addr in &addrs {
-        envoy.wait_for_endpoint_health(*addr, true);
-    }
-    let origin = format!("https://{}", envoy.listener_named("https").unwrap());
     let control = round_robin_envoy(&addrs);
     let control_origin = format!("http://{}", control.listener);
     let mut report = Vec::new();

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tether_e2e::http::{request, Response};
 use tether_e2e::node::{nodes_json, three_nodes};
-use tether_e2e::{wait_for, Envoy, EnvoyConfig, TestNode, WasmFilter};
+use tether_e2e::{wait_for, ws, Envoy, EnvoyConfig, TestNode, WasmFilter};
 
 const HEADER: &str = "x-tether-session";
 const KEY: &str = "e2e-test-key-0123456789abcdef";
@@ -30,23 +30,12 @@ fn get(listener: SocketAddr, cookie: Option<&str>) -> Result<Response, String> {
     }
 }
 
-fn our_cookie(r: &Response) -> Option<String> {
-    r.all("set-cookie")
-        .into_iter()
-        .find(|c| c.starts_with("SERVERID="))
-        .map(|c| c.split(';').next().unwrap_or_default().to_string())
-}
-
-fn node_of(r: &Response) -> String {
-    r.header("x-node").unwrap_or_default().to_string()
-}
-
 /// New sessions: (cookie, node).
 fn sessions(listener: SocketAddr, count: usize) -> Vec<(String, String)> {
     (0..count)
         .map(|_| {
             let r = get(listener, None).unwrap();
-            (our_cookie(&r).expect("a new session's cookie"), node_of(&r))
+            (r.set_cookie("SERVERID").expect("a new session's cookie"), r.node())
         })
         .collect()
 }
@@ -72,10 +61,10 @@ impl Load {
                 }
                 sent2.fetch_add(1, Ordering::SeqCst);
                 match get(listener, Some(cookie)) {
-                    Ok(r) if node_of(&r) == *node => {}
+                    Ok(r) if r.node() == *node => {}
                     Ok(r) => {
                         moved += 1;
-                        errors.push(format!("{node} -> {}", node_of(&r)));
+                        errors.push(format!("{node} -> {}", r.node()));
                     }
                     Err(e) => {
                         failed += 1;
@@ -175,23 +164,6 @@ fn keepalive_load(listener: SocketAddr, sessions: Vec<(String, String)>, stop: A
     seen
 }
 
-type Socket = tungstenite::WebSocket<tungstenite::stream::MaybeTlsStream<std::net::TcpStream>>;
-
-/// A WebSocket through `listener` with `cookie`: the socket and the node that took the upgrade.
-fn websocket(listener: SocketAddr, cookie: &str) -> (Socket, String) {
-    let mut req =
-        tungstenite::client::IntoClientRequest::into_client_request(format!("ws://{listener}/socket.io")).unwrap();
-    req.headers_mut().insert("cookie", cookie.parse().unwrap());
-    let (ws, resp) = tungstenite::connect(req).unwrap();
-    let node = resp.headers().get("x-node").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
-    (ws, node)
-}
-
-fn echoes(ws: &mut Socket, text: &str) -> bool {
-    ws.send(tungstenite::Message::text(text)).is_ok()
-        && ws.read().ok().and_then(|m| m.into_text().ok()).is_some_and(|t| t.as_str() == text)
-}
-
 #[test]
 fn a_hot_restart_under_load_fails_no_request_and_moves_no_session() {
     let nodes = three_nodes();
@@ -199,7 +171,7 @@ fn a_hot_restart_under_load_fails_no_request_and_moves_no_session() {
     config.main_port = tether_e2e::free_port();
     let mut old = Envoy::start(&config);
     let sessions = sessions(old.listener, 30);
-    let (mut ws, ws_node) = websocket(old.listener, &sessions[0].0);
+    let (mut ws, ws_node) = ws::connect(old.listener, &sessions[0].0);
     assert_eq!(ws_node, sessions[0].1);
     let load = Load::start(old.listener, sessions.clone());
     let stop = Arc::new(AtomicBool::new(false));
@@ -213,13 +185,13 @@ fn a_hot_restart_under_load_fails_no_request_and_moves_no_session() {
     let new = old.hot_restart(Duration::from_secs(2));
     assert_eq!(new.listener, old.listener, "the same listening socket");
     load.wait_for_more(100);
-    assert!(echoes(&mut ws, "while the old Envoy drains"), "a WebSocket stays open through the drain");
+    assert!(ws::echoes(&mut ws, "while the old Envoy drains"), "a WebSocket stays open through the drain");
     wait_for("the old Envoy to exit", Duration::from_secs(20), || old.exited().then_some(()));
     // Envoy documents that connections still open at parent shutdown are closed with it.
-    assert!(!echoes(&mut ws, "after the old Envoy exited"), "the old process's WebSocket is closed");
-    let (mut again, node) = websocket(new.listener, &sessions[0].0);
+    assert!(!ws::echoes(&mut ws, "after the old Envoy exited"), "the old process's WebSocket is closed");
+    let (mut again, node) = ws::connect(new.listener, &sessions[0].0);
     assert_eq!(node, ws_node, "the client reconnects to its node");
-    assert!(echoes(&mut again, "reconnected"));
+    assert!(ws::echoes(&mut again, "reconnected"));
     load.wait_for_more(100);
 
     let (sent, failed, moved, errors) = load.finish();
@@ -248,7 +220,7 @@ fn a_full_restart_loses_no_session() {
     // A new Envoy, nothing carried over but the configuration (and its keys): the cookies are
     // the whole state.
     let second = Envoy::start(&config);
-    let kept = sessions.iter().filter(|(cookie, node)| node_of(&get(second.listener, Some(cookie)).unwrap()) == *node);
+    let kept = sessions.iter().filter(|(cookie, node)| get(second.listener, Some(cookie)).unwrap().node() == *node);
     assert_eq!(kept.count(), 30);
     assert_eq!(second.counter("wasmcustom.tether_affinity.invalid_cookie", 0), 0);
 }

@@ -81,17 +81,6 @@ fn get(envoy: &Envoy, path: &str, cookie: Option<&str>) -> Response {
     r
 }
 
-fn our_cookie(r: &Response) -> Option<String> {
-    r.all("set-cookie")
-        .into_iter()
-        .find(|c| c.starts_with("SERVERID="))
-        .map(|c| c.split(';').next().unwrap_or_default().to_string())
-}
-
-fn node_of(r: &Response) -> String {
-    r.header("x-node").unwrap_or_default().to_string()
-}
-
 /// A browser's session: its cookie and the node it is on.
 struct Session {
     cookie: String,
@@ -103,10 +92,10 @@ impl Session {
     /// browser does.
     fn visit(&mut self, envoy: &Envoy) -> String {
         let r = get(envoy, "/", Some(&self.cookie));
-        if let Some(c) = our_cookie(&r) {
+        if let Some(c) = r.set_cookie("SERVERID") {
             self.cookie = c;
         }
-        node_of(&r)
+        r.node()
     }
 }
 
@@ -114,7 +103,7 @@ fn sessions(fleet: &Fleet, count: usize) -> Vec<Session> {
     (0..count)
         .map(|i| {
             let r = get(&fleet.envoys[i % 3], "/", None);
-            Session { cookie: our_cookie(&r).expect("a new session's cookie"), node: node_of(&r) }
+            Session { cookie: r.set_cookie("SERVERID").expect("a new session's cookie"), node: r.node() }
         })
         .collect()
 }
@@ -133,7 +122,7 @@ fn round(fleet: &Fleet, sessions: &mut [Session]) -> usize {
 }
 
 fn project_homes(envoy: &Envoy, projects: &[String]) -> BTreeMap<String, String> {
-    projects.iter().map(|p| (p.clone(), node_of(&get(envoy, p, None)))).collect()
+    projects.iter().map(|p| (p.clone(), get(envoy, p, None).node())).collect()
 }
 
 #[test]
@@ -247,10 +236,10 @@ fn skipping_the_accept_everywhere_step_loses_sessions() {
     let mut fleet = Fleet::start(&nodes, &[OLD]);
     fleet.set_keys(0, &nodes, &[NEW, OLD]);
     for _ in 0..6 {
-        let cookie = our_cookie(&get(&fleet.envoys[0], "/", None)).unwrap();
+        let cookie = get(&fleet.envoys[0], "/", None).set_cookie("SERVERID").unwrap();
         assert!(signed_with(&cookie, NEW));
         let r = get(&fleet.envoys[1], "/", Some(&cookie));
-        assert!(our_cookie(&r).is_some_and(|c| signed_with(&c, OLD)), "answered as a new session");
+        assert!(r.set_cookie("SERVERID").is_some_and(|c| signed_with(&c, OLD)), "answered as a new session");
     }
     assert_eq!(fleet.envoys[1].counter("wasmcustom.tether_affinity.invalid_cookie", 6), 6, "all six lost");
 }
