@@ -29,6 +29,16 @@ pub fn envoy_bin() -> PathBuf {
     venv
 }
 
+/// An xDS config source read from `path` (EDS, ECDS as a control plane would send them), reloaded
+/// when its directory sees the file replaced: the YAML lines, each indented by `indent`.
+fn file_source(path: &Path, indent: usize) -> String {
+    let pad = " ".repeat(indent);
+    let dir = path.parent().unwrap_or(path);
+    format!(
+        "\n{pad}resource_api_version: V3\n{pad}path_config_source:\n{pad}  path: {path:?}\n{pad}  watched_directory: {{ path: {dir:?} }}"
+    )
+}
+
 /// The release of [`envoy_bin`] (`1.40.0`), from `envoy --version`; `unknown` if it says none.
 pub fn envoy_version() -> String {
     let out = Command::new(envoy_bin()).arg("--version").output().map(|o| o.stdout).unwrap_or_default();
@@ -133,13 +143,9 @@ impl WasmFilter {
                 r#"
           - name: {id}
             config_discovery:
-              config_source:
-                resource_api_version: V3
-                path_config_source:
-                  path: {path:?}
-                  watched_directory: {{ path: {dir:?} }}
+              config_source:{source}
               type_urls: [type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm]"#,
-                dir = path.parent().unwrap_or(path),
+                source = file_source(path, 16),
             );
         }
         let (type_url, value) = if self.as_struct {
@@ -440,11 +446,7 @@ impl EnvoyConfig {
     type: EDS
     eds_cluster_config:
       service_name: nodes
-      eds_config:
-        resource_api_version: V3
-        path_config_source:
-          path: {path:?}
-          watched_directory: {{ path: {dir:?} }}
+      eds_config:{eds_source}
     ignore_health_on_host_removal: true
     common_lb_config: {{ update_merge_window: 0s }}
     connect_timeout: 2s
@@ -455,7 +457,7 @@ impl EnvoyConfig {
           typed_config:
             "@type": type.googleapis.com/envoy.extensions.load_balancing_policies.maglev.v3.Maglev
             consistent_hashing_lb_config: {{ use_hostname_for_hashing: true, hash_balance_factor: 150 }}{health_checks}"#,
-                dir = path.parent().unwrap_or(path),
+                eds_source = file_source(path, 8),
             ),
             (None, false) => panic!("hashed_prefixes need EDS endpoints (with_eds): Maglev hashes their host names"),
             (_, true) => String::new(),
@@ -481,11 +483,7 @@ impl EnvoyConfig {
                     r#"
     type: EDS
     eds_cluster_config:
-      eds_config:
-        resource_api_version: V3
-        path_config_source:
-          path: {path:?}
-          watched_directory: {{ path: {dir:?} }}
+      eds_config:{eds_source}
     ignore_health_on_host_removal: true
     common_lb_config:
       override_host_status: {{ statuses: [UNKNOWN, HEALTHY, DEGRADED, DRAINING] }}
@@ -502,7 +500,7 @@ impl EnvoyConfig {
       fallback_policy: ANY_ENDPOINT
       subset_selectors: [{ keys: [name], single_host_per_subset: true, fallback_policy: NO_FALLBACK }]"#
                     },
-                    dir = path.parent().unwrap_or(path),
+                    eds_source = file_source(path, 8),
                 ),
             ),
         };
@@ -592,7 +590,7 @@ impl Envoy {
 
     fn launch(yaml: &str, env: &[(&str, &str)], concurrency: u32) -> Envoy {
         let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        Envoy::launch_with(Launch { yaml: yaml.to_string(), env, concurrency, base_id: None, epoch: 0 })
+        Envoy::launch_args(Launch { yaml: yaml.to_string(), env, concurrency, base_id: None, epoch: 0 }, &[])
     }
 
     /// A hot restart (`--restart-epoch`, how operators upgrade or reload Envoy): a new process
@@ -610,10 +608,6 @@ impl Envoy {
     /// Whether the process has exited (as a hot restart's parent does once drained).
     pub fn exited(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(Some(_)))
-    }
-
-    fn launch_with(launch: Launch) -> Envoy {
-        Envoy::launch_args(launch, &[])
     }
 
     fn launch_args(launch: Launch, extra: &[&str]) -> Envoy {

@@ -22,16 +22,6 @@ pub struct Haproxy {
     _dir: ScratchDir,
 }
 
-/// Debian installs HAProxy in /usr/sbin, which an unprivileged PATH often lacks.
-fn haproxy_bin() -> PathBuf {
-    let sbin = PathBuf::from("/usr/sbin/haproxy");
-    if sbin.exists() {
-        sbin
-    } else {
-        PathBuf::from("haproxy")
-    }
-}
-
 impl Haproxy {
     /// Starts `haproxy -db -f tests/parity/<name>.haproxy.cfg` in front of `nodes` and waits
     /// until every server is UP.
@@ -74,7 +64,7 @@ impl Haproxy {
         let log_path = dir.join("haproxy.log");
         std::fs::write(&cfg_path, &cfg).map_err(|e| e.to_string())?;
         let log = std::fs::File::create(&log_path).map_err(|e| e.to_string())?;
-        let mut cmd = Command::new(haproxy_bin());
+        let mut cmd = Command::new(crate::sbin("haproxy"));
         cmd.arg("-db").arg("-f").arg(&cfg_path).stdout(Stdio::null()).stderr(log);
         crate::die_with_parent(&mut cmd);
         let child = cmd.spawn().unwrap_or_else(|e| panic!("cannot run haproxy (scripts/setup installs it): {e}"));

@@ -23,6 +23,11 @@ impl CurlResponse {
         self.statuses.last().copied().unwrap_or(0)
     }
 
+    /// The test node that answered (its `x-node` header), "" if none.
+    pub fn node(&self) -> String {
+        self.header("x-node").unwrap_or_default().to_string()
+    }
+
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
     }
@@ -38,6 +43,15 @@ impl CurlResponse {
         let headers = echo["headers"].as_array().cloned().unwrap_or_default();
         headers.iter().filter(|h| h[0].as_str() == Some(name)).filter_map(|h| h[1].as_str().map(String::from)).collect()
     }
+}
+
+/// `curl -k --http1.1 <extra> <url>`: a request as a browser's HTTP/1.1 connection makes it,
+/// trusting the tests' self-signed certificates.
+pub fn curl_http1(url: &str, extra: &[&str]) -> CurlResponse {
+    let mut args = vec!["-k", "--http1.1"];
+    args.extend_from_slice(extra);
+    args.push(url);
+    curl(&args, None)
 }
 
 /// Runs `curl -sS -i <args>` with `stdin` (if any) piped in, bounded by `--max-time 30`.

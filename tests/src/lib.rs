@@ -116,6 +116,17 @@ pub fn process_rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// A Debian daemon's binary: /usr/sbin/<name>, which an unprivileged PATH often lacks, else
+/// `name` on the PATH.
+pub(crate) fn sbin(name: &str) -> PathBuf {
+    let path = PathBuf::from("/usr/sbin").join(name);
+    if path.exists() {
+        path
+    } else {
+        PathBuf::from(name)
+    }
+}
+
 /// Makes a child die with the test process, even on SIGKILL of the test.
 pub fn die_with_parent(cmd: &mut std::process::Command) {
     use std::os::unix::process::CommandExt;

@@ -1,7 +1,9 @@
 //! Reading the samples and the Kubernetes manifests beside them (envoy/istio/,
 //! envoy/envoy-gateway/), for the tests that hold the manifests to the Envoy samples.
 
-use crate::repo_root;
+use crate::envoy::validate;
+use crate::sample::SAMPLE_ENV;
+use crate::{repo_root, EnvoyConfig, ScratchDir, WasmFilter};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -86,4 +88,18 @@ pub fn without_endpoint_names(config: &Value) -> Value {
         map.remove("endpoint_name");
     }
     expected
+}
+
+/// Asserts that Envoy (`--mode validate`) accepts `filter` (a manifest's plugin configuration
+/// and environment keys) alone in a listener; the config is written to `scratch` as `name`.
+pub fn assert_envoy_accepts(scratch: &ScratchDir, name: &str, filter: WasmFilter) {
+    let path = scratch.join(&format!("{name}.yaml"));
+    std::fs::write(&path, EnvoyConfig::new(vec![filter], &[]).yaml()).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let out = validate(&path, SAMPLE_ENV);
+    assert!(
+        out.status.success(),
+        "{name}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

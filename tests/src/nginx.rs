@@ -6,7 +6,6 @@
 
 use crate::{free_port, repo_root, ScratchDir, TestNode};
 use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -17,16 +16,6 @@ pub struct Nginx {
     /// The TLS listener, when the config has one.
     pub https: Option<SocketAddr>,
     dir: ScratchDir,
-}
-
-/// Debian installs nginx in /usr/sbin, which an unprivileged PATH often lacks.
-fn nginx_bin() -> PathBuf {
-    let sbin = PathBuf::from("/usr/sbin/nginx");
-    if sbin.exists() {
-        sbin
-    } else {
-        PathBuf::from("nginx")
-    }
 }
 
 impl Nginx {
@@ -66,7 +55,7 @@ impl Nginx {
         assert!(!placeholder.is_match(&conf), "unfilled placeholder in the nginx config:\n{conf}");
         let conf_path = dir.join("nginx.conf");
         std::fs::write(&conf_path, &conf).map_err(|e| e.to_string())?;
-        let mut cmd = Command::new(nginx_bin());
+        let mut cmd = Command::new(crate::sbin("nginx"));
         // -e: the error log before the config is read (nginx would open /var/log/nginx first).
         cmd.arg("-e")
             .arg(dir.join("error.log"))

@@ -31,14 +31,11 @@ fn get(envoy: &Envoy, path: &str, headers: &[(&str, &str)]) -> Response {
 
 /// `SERVERID=<value>` from a response's Set-Cookie, if it sets ours.
 fn our_cookie(r: &Response) -> Option<String> {
-    r.all("set-cookie")
-        .into_iter()
-        .find(|c| c.starts_with("SERVERID="))
-        .map(|c| c.split(';').next().unwrap_or_default().to_string())
+    r.set_cookie("SERVERID")
 }
 
 fn node_of(r: &Response) -> String {
-    r.header("x-node").unwrap_or_default().to_string()
+    r.node()
 }
 
 fn echoed_headers(r: &Response) -> Vec<(String, String)> {

@@ -29,7 +29,7 @@ fn get(envoy: &Envoy, path: &str, headers: &[(&str, &str)]) -> Response {
 }
 
 fn node_of(r: &Response) -> String {
-    r.header("x-node").unwrap_or_default().to_string()
+    r.node()
 }
 
 #[test]

@@ -9,11 +9,9 @@
 #![cfg(feature = "e2e")]
 
 use serde_json::{json, Value};
-use tether_e2e::envoy::validate;
-use tether_e2e::manifests::{addresses_in, pods_filters, without_endpoint_names, yaml_documents};
+use tether_e2e::manifests::{addresses_in, assert_envoy_accepts, pods_filters, without_endpoint_names, yaml_documents};
 use tether_e2e::openapi;
-use tether_e2e::sample::SAMPLE_ENV;
-use tether_e2e::{repo_root, EnvoyConfig, ScratchDir, WasmFilter};
+use tether_e2e::{repo_root, ScratchDir, WasmFilter};
 
 const MESH: &str = "envoy/envoy-gateway/overleaf-pods.yaml";
 const EXTENSIONS: &str = "envoy/envoy-gateway/overleaf-pods-extensions.yaml";
@@ -233,15 +231,7 @@ fn envoy_accepts_every_extension_configuration() {
                 .as_array()
                 .map(|a| a.iter().map(|k| k.as_str().unwrap().to_string()).collect())
                 .unwrap_or_default();
-            let path = scratch.join(&format!("{filter}.yaml"));
-            std::fs::write(&path, EnvoyConfig::new(vec![wasm], &[]).yaml()).unwrap();
-            let out = validate(&path, SAMPLE_ENV);
-            assert!(
-                out.status.success(),
-                "{filter}: {}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
+            assert_envoy_accepts(&scratch, &filter, wasm);
         }
     }
 }

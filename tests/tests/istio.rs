@@ -9,10 +9,8 @@
 
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
-use tether_e2e::envoy::validate;
-use tether_e2e::manifests::{addresses_in, pods_filters, without_endpoint_names, yaml_documents};
-use tether_e2e::sample::SAMPLE_ENV;
-use tether_e2e::{repo_root, EnvoyConfig, ScratchDir, WasmFilter};
+use tether_e2e::manifests::{addresses_in, assert_envoy_accepts, pods_filters, without_endpoint_names, yaml_documents};
+use tether_e2e::{repo_root, ScratchDir, WasmFilter};
 
 /// The Tether filters of the https listener of envoy/overleaf.yaml, in chain order:
 /// (root_id, failure_policy, host_env_keys, configuration with YAML anchors resolved).
@@ -156,15 +154,7 @@ fn envoy_accepts_every_plugin_configuration() {
             .as_array()
             .map(|a| a.iter().map(|e| e["name"].as_str().unwrap().to_string()).collect())
             .unwrap_or_default();
-        let path = scratch.join(&format!("{filter}-{}.yaml", plugin["metadata"]["name"].as_str().unwrap()));
-        std::fs::write(&path, EnvoyConfig::new(vec![wasm], &[]).yaml()).unwrap();
-        let out = validate(&path, SAMPLE_ENV);
-        assert!(
-            out.status.success(),
-            "{filter}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert_envoy_accepts(&scratch, &format!("{filter}-{}", plugin["metadata"]["name"].as_str().unwrap()), wasm);
     }
 }
 

@@ -12,22 +12,15 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
-use tether_e2e::http::tls_websocket_handshake;
+use tether_e2e::http::{curl_http1 as call, tls_websocket_handshake};
 use tether_e2e::nginx::Nginx;
 use tether_e2e::sample::Sample;
-use tether_e2e::{curl, repo_root, CurlResponse, ScratchDir, TestNode};
+use tether_e2e::{repo_root, CurlResponse, ScratchDir, TestNode};
 
 const MIB: u64 = 1024 * 1024;
 
-fn call(url: &str, extra: &[&str]) -> CurlResponse {
-    let mut args = vec!["-k", "--http1.1"];
-    args.extend_from_slice(extra);
-    args.push(url);
-    curl(&args, None)
-}
-
 fn node_of(r: &CurlResponse) -> String {
-    r.header("x-node").unwrap_or_default().to_string()
+    r.node()
 }
 
 /// The parity table: (guide, scenario, nginx, Tether).
