@@ -42,9 +42,16 @@ pub struct RequestCost {
     /// The request and response headers as the filter left them.
     pub request_headers: Vec<(String, String)>,
     pub response_headers: Vec<(String, String)>,
+    /// The stream's properties at the end, by dotted path (`ngx.tether_node`).
+    pub properties: BTreeMap<String, Vec<u8>>,
 }
 
 impl RequestCost {
+    /// A property as the stream ended with it, as text.
+    pub fn property(&self, dotted: &str) -> Option<String> {
+        self.properties.get(dotted).map(|v| String::from_utf8_lossy(v).into_owned())
+    }
+
     pub fn total_host_calls(&self) -> u32 {
         self.host_calls.values().sum()
     }
@@ -72,6 +79,7 @@ struct HostState {
     tick_period_ms: u32,
     refuses_tick: bool,
     refuses_set_property: bool,
+    nginx: Option<Nginx>,
     calls: BTreeMap<String, u32>,
     log: Vec<String>,
 }
@@ -98,6 +106,26 @@ pub struct HostOptions {
     /// Answer `NotFound` to `proxy_set_property` for paths it does not know, as nginx's
     /// ngx_wasm_module does for `tether.routed_by`.
     pub refuses_set_property: bool,
+    /// Answer as nginx with ngx_wasm_module does (../shared/DESIGN.md, "A second host", and
+    /// its source, src/common/proxy_wasm/ngx_proxy_wasm_properties.c).
+    pub nginx: Option<Nginx>,
+}
+
+/// What the nginx flavour of this host knows: the nginx variables the configuration declared
+/// with `set` (only those take `set_property(["ngx", name])`; another answers `NotFound`).
+/// Besides: `ngx.nginx_version` answers; `wasmx.*` takes any value and keeps it along the
+/// request's chain; any other property set answers `NotFound`; a whole request map written
+/// (`proxy_set_header_map_pairs`) keeps the old lines beside the new, as nginx's proxy module
+/// sends the lines ngx_wasm_module marked cleared.
+///
+/// Between the request and the response it stands in for nginx's `proxy_pass` through the
+/// sample's map (nginx/overleaf.conf): a node named in `$tether_node` serves unless it is
+/// `down`, when its group's `backup` does (the exchange's `upstream.address`, `upstream.port`).
+#[derive(Debug, Clone, Default)]
+pub struct Nginx {
+    pub variables: Vec<String>,
+    /// Nodes (`ip:port`) whose server fails: their group's backup serves instead.
+    pub down: Vec<String>,
 }
 
 /// One filter's VM, configured as Envoy would: `_initialize`, root context, `on_vm_start`,
@@ -123,6 +151,7 @@ impl FilterVm {
             environment: options.environment.clone(),
             refuses_tick: options.refuses_tick,
             refuses_set_property: options.refuses_set_property,
+            nginx: options.nginx.clone(),
             ..HostState::default()
         };
         let mut store = Store::new(&engine, state);
@@ -145,6 +174,11 @@ impl FilterVm {
     /// 0 if undefined. Counts a ticking module keeps in the VM arrive with [`FilterVm::tick`].
     pub fn metric(&self, name: &str) -> u64 {
         self.store.data().metrics.iter().filter(|(n, _)| n == name).map(|(_, v)| v).sum()
+    }
+
+    /// The module's log lines so far (`<level> <message>`).
+    pub fn log(&self) -> &[String] {
+        &self.store.data().log
     }
 
     /// The tick period the module asked for, if any.
@@ -243,6 +277,9 @@ pub fn run_chain(vms: &mut [FilterVm], exchange: &Exchange) -> Result<Vec<Reques
         if let Some(header) = &exchange.session_header {
             stateful_session(&mut stream, header);
         }
+        if let Some(nginx) = vms.first().and_then(|vm| vm.store.data().nginx.clone()) {
+            nginx_proxy_pass(&mut stream, &nginx);
+        }
         for (vm, cost) in vms.iter_mut().zip(costs.iter_mut()).rev() {
             let args = [id.clone(), count(stream.response_headers.len()), eos(&exchange.response_body)];
             vm.phase(&mut stream, cost, "proxy_on_response_headers", &args)?;
@@ -262,6 +299,11 @@ pub fn run_chain(vms: &mut [FilterVm], exchange: &Exchange) -> Result<Vec<Reques
     for cost in &mut costs {
         cost.request_headers = stream.request_headers.clone();
         cost.response_headers = stream.response_headers.clone();
+        cost.properties = stream
+            .properties
+            .iter()
+            .map(|(path, value)| (String::from_utf8_lossy(path).replace('\0', "."), value.clone()))
+            .collect();
     }
     Ok(costs)
 }
@@ -282,6 +324,16 @@ fn stateful_session(stream: &mut Stream, header: &str) {
         let encoded = base64::engine::general_purpose::STANDARD.encode(served);
         stream.response_headers.push((header.to_string(), encoded));
     }
+}
+
+/// nginx's `proxy_pass http://$tether_upstream` (nginx/overleaf.conf): the node in
+/// `$tether_node` serves unless it is down; nginx then reports it as a bare IP and its port.
+fn nginx_proxy_pass(stream: &mut Stream, nginx: &Nginx) {
+    let chosen = stream.properties.get(&b"ngx\0tether_node"[..]).map(|v| String::from_utf8_lossy(v).into_owned());
+    let Some(node) = chosen.filter(|n| !nginx.down.contains(n)) else { return };
+    let Ok(address) = node.parse::<std::net::SocketAddr>() else { return }; // a hash key: the pool's choice
+    stream.properties.insert(b"upstream\0address".to_vec(), address.ip().to_string().into_bytes());
+    stream.properties.insert(b"upstream\0port".to_vec(), address.port().to_string().into_bytes());
 }
 
 /// Counts one host call. With `TETHER_COST_TRACE` set, also prints the fuel left at each call
@@ -410,7 +462,7 @@ fn linker(engine: &Engine, module: &Module) -> Result<Linker<HostState>, String>
             count(&mut c, "proxy_get_header_map_value");
             let key = text(&c, key, key_len)?;
             let Some(headers) = headers_mut(c.data_mut(), map) else { return Ok(BAD_ARGUMENT) };
-            match headers.iter().find(|(k, _)| *k == key).map(|(_, v)| v.clone()) {
+            match headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(&key)).map(|(_, v)| v.clone()) {
                 Some(value) => hand_over(&mut c, value.as_bytes(), ptr_out, size_out),
                 None => Ok(NOT_FOUND),
             }
@@ -431,7 +483,7 @@ fn linker(engine: &Engine, module: &Module) -> Result<Linker<HostState>, String>
                 let (key, value) = (text(&c, key, key_len)?, text(&c, value, value_len)?);
                 let Some(headers) = headers_mut(c.data_mut(), map) else { return Ok(BAD_ARGUMENT) };
                 if name == "proxy_replace_header_map_value" {
-                    headers.retain(|(k, _)| *k != key);
+                    headers.retain(|(k, _)| !k.eq_ignore_ascii_case(&key)); // HTTP names: any case
                 }
                 headers.push((key, value));
                 Ok(OK)
@@ -449,8 +501,13 @@ fn linker(engine: &Engine, module: &Module) -> Result<Linker<HostState>, String>
                 .iter()
                 .map(|(k, v)| (String::from_utf8_lossy(k).into_owned(), String::from_utf8_lossy(v).into_owned()))
                 .collect();
+            let nginx = c.data().nginx.is_some();
             let Some(headers) = headers_mut(c.data_mut(), map) else { return Ok(BAD_ARGUMENT) };
-            *headers = pairs;
+            if nginx && map == REQUEST_HEADERS {
+                headers.extend(pairs); // what the backend then receives
+            } else {
+                *headers = pairs;
+            }
             Ok(OK)
         },
     )?;
@@ -461,7 +518,7 @@ fn linker(engine: &Engine, module: &Module) -> Result<Linker<HostState>, String>
             count(&mut c, "proxy_remove_header_map_value");
             let key = text(&c, key, key_len)?;
             let Some(headers) = headers_mut(c.data_mut(), map) else { return Ok(BAD_ARGUMENT) };
-            headers.retain(|(k, _)| *k != key);
+            headers.retain(|(k, _)| !k.eq_ignore_ascii_case(&key)); // HTTP names: any case
             Ok(OK)
         },
     )?;
@@ -471,6 +528,9 @@ fn linker(engine: &Engine, module: &Module) -> Result<Linker<HostState>, String>
         |mut c: Caller<'_, HostState>, path: i32, path_len: i32, ptr_out: i32, size_out: i32| -> HostResult {
             count(&mut c, "proxy_get_property");
             let path = read(&c, path, path_len)?;
+            if c.data().nginx.is_some() && path == b"ngx\0nginx_version" {
+                return hand_over(&mut c, b"1.27.4", ptr_out, size_out);
+            }
             match c.data().stream.properties.get(&path).cloned() {
                 Some(value) => hand_over(&mut c, &value, ptr_out, size_out),
                 None => Ok(NOT_FOUND),
@@ -486,6 +546,16 @@ fn linker(engine: &Engine, module: &Module) -> Result<Linker<HostState>, String>
                 return Ok(NOT_FOUND);
             }
             let (path, value) = (read(&c, path, path_len)?, read(&c, value, value_len)?);
+            if let Some(nginx) = &c.data().nginx {
+                let declared = |name: &[u8]| nginx.variables.iter().any(|v| v.as_bytes() == name);
+                let accepted = match path.strip_prefix(b"ngx\0") {
+                    Some(variable) => declared(variable),
+                    None => path.starts_with(b"wasmx\0"),
+                };
+                if !accepted {
+                    return Ok(NOT_FOUND);
+                }
+            }
             c.data_mut().stream.properties.insert(path, value);
             Ok(OK)
         },

@@ -73,6 +73,8 @@ fn the_edge_module_runs_the_overleaf_chain_in_one_vm() {
     assert_eq!(envoy.counter("wasmcustom.tether_path_pin.pinned.git", 5), 5);
     assert_eq!(envoy.counter("wasmcustom.tether_body_limit.rejected.declared_too_large", 1), 1);
     assert!(envoy.error_lines().is_empty(), "{:?}", envoy.error_lines());
+    // The module asked which host it runs in (`ngx.nginx_version`) and Envoy said: not nginx.
+    assert!(!envoy.log().contains("running on nginx"), "Envoy taken for nginx");
 }
 
 #[test]

@@ -7,8 +7,8 @@
 // Needs the built modules (scripts/build): `scripts/test` runs it.
 #![cfg(feature = "e2e")]
 
-use tether_e2e::wasm_host::{run_chain, Exchange, FilterVm, HostOptions, RequestCost};
-use tether_e2e::workload::{get, nodes_table, start_vm, OverleafFilters, SESSION_HEADER};
+use tether_e2e::wasm_host::{run_chain, Exchange, FilterVm, HostOptions, Nginx, RequestCost};
+use tether_e2e::workload::{get, nodes_table, start_vm, OverleafFilters, NODES, SESSION_HEADER};
 
 fn vm(filter: &str, config: &str, options: &HostOptions) -> FilterVm {
     start_vm(filter, config, options).unwrap_or_else(|e| panic!("{e}"))
@@ -122,4 +122,109 @@ fn a_bare_upstream_address_is_joined_with_upstream_port() {
     }
     forwarded.tick().unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(forwarded.metric("tether_forwarded.unknown_upstream"), 0);
+}
+
+/// nginx with ngx_wasm_module and the sample's `set $tether_node "";`; `down`: nodes whose
+/// server fails, so that their group's backup serves.
+fn nginx(down: &[&str]) -> HostOptions {
+    let nginx = Nginx { variables: vec!["tether_node".into()], down: down.iter().map(|d| d.to_string()).collect() };
+    HostOptions { nginx: Some(nginx), ..HostOptions::default() }
+}
+
+/// A GET as nginx hands it over: bare-IP peer, no `destination.port`, no endpoint metadata, no
+/// `stateful_session`; the pool (or a backup) picked `served` unless `$tether_node` names a node.
+fn on_nginx(path: &str, cookie: Option<&str>, served: &str) -> Exchange {
+    let mut exchange = get(path, None);
+    exchange.session_header = None;
+    exchange.properties.clear();
+    let (ip, port) = served.rsplit_once(':').unwrap_or_else(|| panic!("{served}"));
+    for (path, value) in [("source", "127.0.0.1"), ("upstream", ip)] {
+        exchange.properties.push((vec![path.into(), "address".into()], value.as_bytes().to_vec()));
+    }
+    exchange.properties.push((vec!["upstream".into(), "port".into()], port.as_bytes().to_vec()));
+    if let Some(cookie) = cookie {
+        exchange.request_headers.push(("Cookie".into(), cookie.into()));
+    }
+    exchange
+}
+
+fn set_cookie(cost: &RequestCost) -> Option<String> {
+    header(&cost.response_headers, "set-cookie").and_then(|c| c.split(';').next()).map(str::to_string)
+}
+
+#[test]
+fn on_nginx_a_session_goes_to_its_node_through_tether_node_and_moves_when_a_backup_served() {
+    let (node_2, node_3) = (NODES[1].1, NODES[2].1);
+    let config = OverleafFilters::new(&nodes_table()).affinity;
+    let mut affinity = vm("affinity", &config, &nginx(&[]));
+    let first = run(&mut affinity, &on_nginx("/", None, node_2));
+    assert_eq!(first.property("ngx.tether_node"), None, "a new session goes to the pool");
+    let cookie = set_cookie(&first).unwrap_or_else(|| panic!("no cookie: {:?}", first.response_headers));
+
+    let returning = run(&mut affinity, &on_nginx("/", Some(&cookie), NODES[0].1));
+    assert_eq!(returning.property("ngx.tether_node").as_deref(), Some(node_2));
+    assert_eq!(set_cookie(&returning), None, "served by its node: nothing to say");
+
+    // Its node fails; the node's group has the others as backup, and one of them served.
+    let mut affinity_down = vm("affinity", &config, &nginx(&[node_2]));
+    let moved = run(&mut affinity_down, &on_nginx("/", Some(&cookie), node_3));
+    assert_eq!(moved.property("ngx.tether_node").as_deref(), Some(node_2));
+    let moved_cookie = set_cookie(&moved).unwrap_or_else(|| panic!("not moved: {:?}", moved.response_headers));
+    let after = run(&mut affinity, &on_nginx("/", Some(&moved_cookie), NODES[0].1));
+    assert_eq!(after.property("ngx.tether_node").as_deref(), Some(node_3), "the session moved to who served");
+
+    for vm in [&mut affinity, &mut affinity_down] {
+        vm.tick().unwrap_or_else(|e| panic!("{e}"));
+    }
+    assert_eq!(affinity_down.metric("tether_affinity.redispatched"), 1);
+    // No stateful_session on nginx: its missing echo is not a missing contract.
+    assert_eq!(affinity.metric("tether_affinity.routing_contract_missing"), 0);
+    assert_eq!(affinity.metric("tether_affinity.new_sessions"), 1);
+}
+
+#[test]
+fn on_nginx_a_pinned_path_wins_over_the_session_across_vms() {
+    let filters = OverleafFilters::new(&nodes_table());
+    let mut chain = [vm("path-pin", &filters.path_pin, &nginx(&[])), vm("affinity", &filters.affinity, &nginx(&[]))];
+    let first = run_chain(&mut chain[1..], &on_nginx("/", None, NODES[1].1)).unwrap_or_else(|e| panic!("{e}"));
+    let cookie = first.first().and_then(set_cookie).unwrap_or_else(|| panic!("no cookie"));
+    let costs = run_chain(&mut chain, &on_nginx("/git/p.git/info/refs", Some(&cookie), NODES[0].1))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let last = costs.last().unwrap_or_else(|| panic!("no cost"));
+    assert_eq!(last.property("ngx.tether_node").as_deref(), Some(NODES[0].1), "the git node, not the session's");
+    assert_eq!(last.property("wasmx.tether_routed_by").as_deref(), Some("path-pin"));
+    assert_eq!(set_cookie(last), None, "a pinned request does not move the session");
+}
+
+#[test]
+fn on_nginx_edits_go_one_by_one_so_no_request_line_reaches_the_backend_twice() {
+    // ngx_wasm_module clears a whole map by marking its lines, and nginx's proxy module still
+    // sends marked request lines: a whole-map write would send every request header twice.
+    let mut edge = vm("edge", &OverleafFilters::new(&nodes_table()).edge(), &nginx(&[]));
+    let mut exchange = on_nginx("/project/5f3c/output/output.pdf", None, NODES[1].1);
+    exchange.request_headers.push(("X-Forwarded-For".into(), "1.2.3.4".into()));
+    let cost = run(&mut edge, &exchange);
+    assert_eq!(cost.host_calls.get("proxy_set_header_map_pairs"), None, "{:?}", cost.host_calls);
+    let mut names: Vec<String> = cost.request_headers.iter().map(|(k, _)| k.to_ascii_lowercase()).collect();
+    names.sort();
+    let before = names.len();
+    names.dedup();
+    assert_eq!(names.len(), before, "a line twice: {:?}", cost.request_headers);
+    assert!(cost.property("ngx.tether_node").is_some(), "uri-hash routed: {:?}", cost.properties);
+    assert_eq!(header(&cost.request_headers, "x-forwarded-for"), Some("127.0.0.1"), "the forged value is gone");
+}
+
+#[test]
+fn on_nginx_an_undeclared_tether_node_is_counted_and_said_once() {
+    let filters = OverleafFilters::new(&nodes_table());
+    let undeclared = HostOptions { nginx: Some(Nginx::default()), ..HostOptions::default() };
+    let mut path_pin = vm("path-pin", &filters.path_pin, &undeclared);
+    for _ in 0..2 {
+        let cost = run(&mut path_pin, &on_nginx("/git/p.git/info/refs", None, NODES[1].1));
+        assert!(header(&cost.request_headers, SESSION_HEADER).is_some(), "the request still goes on");
+    }
+    path_pin.tick().unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(path_pin.metric("tether_routing.nginx_variable_refused"), 2);
+    let said = path_pin.log().iter().filter(|l| l.contains("set $tether_node")).count();
+    assert_eq!(said, 1, "{:?}", path_pin.log());
 }

@@ -685,7 +685,8 @@ impl AffinityPolicy {
         }
         let Some(address) = facts.served() else { return (plan, outcome) }; // a local reply
         let pinned = matches!(request.state, CookieState::Valid { .. } | CookieState::Endpoint(_));
-        outcome.routing_contract_missing = !pinned && !headers.contains(self.session_header.name());
+        outcome.routing_contract_missing =
+            !pinned && !headers.contains(self.session_header.name()) && facts.echoes_session_header();
         let metadata_name;
         let served = match &self.binding {
             Binding::Table { nodes, .. } => match nodes.by_address(&address) {
@@ -784,6 +785,23 @@ mod tests {
         assert_eq!(p.read_cookie(Some(refreshed.as_bytes()), || t0 + 9000 + 86_401), CookieState::Expired);
         // maxlife: 7 days after first-seen, even if active.
         assert_eq!(p.read_cookie(Some(refreshed.as_bytes()), || t0 + 7 * 86_400 + 1), CookieState::Expired);
+    }
+
+    #[test]
+    fn a_new_session_without_envoys_echo_is_a_missing_contract_on_envoy_only() {
+        use crate::plan::FixedFacts;
+        let p = policy(&format!(r#"{{"keys": ["{KEY}"]}}"#));
+        let request = AffinityRequest::default();
+        let served = "127.0.0.1:8002".parse().ok();
+        let (_, envoy) =
+            p.on_response(&request, &HeaderMap::default(), &mut FixedFacts { served, ..FixedFacts::default() });
+        assert!(envoy.routing_contract_missing);
+        assert_eq!(envoy.set, Some(SetReason::NewSession));
+        let mut nginx = FixedFacts { served, nginx: true, ..FixedFacts::default() };
+        let (plan, nginx) = p.on_response(&request, &HeaderMap::default(), &mut nginx);
+        assert!(!nginx.routing_contract_missing);
+        assert_eq!(nginx.set, Some(SetReason::NewSession));
+        assert!(plan.edits.iter().any(|(name, _)| &**name == "set-cookie"), "{:?}", plan.edits);
     }
 
     #[test]

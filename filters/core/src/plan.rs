@@ -61,6 +61,10 @@ pub trait Facts {
     fn now_ms(&mut self) -> u64;
     /// `tether.routed_by`: a routing filter in an earlier VM decided (its name).
     fn routed_by(&mut self) -> Option<Vec<u8>>;
+    /// Whether the host writes the session header back on a response whose endpoint its load
+    /// balancer chose (Envoy's `stateful_session`); not nginx, where the node goes through a
+    /// variable and `upstream.address` tells who served.
+    fn echoes_session_header(&mut self) -> bool;
     /// The endpoint that served (response side), as the routing contract tells it
     /// ([`crate::routing::served_address`]).
     fn served(&mut self) -> Option<SocketAddr>;
@@ -81,6 +85,8 @@ pub struct FixedFacts {
     pub destination_port: Option<u64>,
     pub now_ms: u64,
     pub routed_by: Option<Vec<u8>>,
+    /// The host is nginx: no session header is echoed.
+    pub nginx: bool,
     pub served: Option<SocketAddr>,
     /// What every endpoint metadata key answers.
     pub endpoint_metadata: Option<Vec<u8>>,
@@ -109,6 +115,9 @@ impl Facts for FixedFacts {
     fn routed_by(&mut self) -> Option<Vec<u8>> {
         self.asked.push("routed_by");
         self.routed_by.clone()
+    }
+    fn echoes_session_header(&mut self) -> bool {
+        !self.nginx
     }
     fn served(&mut self) -> Option<SocketAddr> {
         self.asked.push("served");

@@ -2,8 +2,8 @@
 //! tether-core, plus the generic proxy-wasm contexts that run it. A module is one line
 //! ([`crate::module!`]); tether-edge is a filter made of the five.
 
-use crate::host::{property, Host, Map, ProxyWasmHost};
-use crate::stream::{write_edits, Callback, Memo};
+use crate::host::{property, Host, HostKind, Map, ProxyWasmHost};
+use crate::stream::{routed_by_property, write_edits, Callback, Memo};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType};
 use std::rc::Rc;
@@ -108,10 +108,35 @@ impl<F: Filter, H: Host> Stream<F, H> {
         routed_by: Option<&'static str>,
     ) -> Action {
         write_edits(&self.host, Map::Request, headers);
-        if let Some(by) = routed_by.filter(|_| self.filter.marks_route_for_later_vms()) {
-            self.host.set_property(property::ROUTED_BY, by.as_bytes());
+        if let Some(by) = routed_by {
+            let kind = self.host.kind();
+            if kind == HostKind::Nginx {
+                self.route_nginx(headers);
+            }
+            if self.filter.marks_route_for_later_vms()
+                && !self.host.set_property(routed_by_property(kind), by.as_bytes())
+            {
+                log::warn!("cannot mark the request routed ({})", property::display(routed_by_property(kind)));
+            }
         }
         self.reply(reply)
+    }
+
+    /// nginx's half of the routing contract: the chosen node's `ip:port` (or, without a nodes
+    /// table, the key to hash) goes into `$tether_node`, which the configuration maps to that
+    /// node's `upstream {}` group (its siblings as `backup`), as nginx/overleaf.conf does.
+    fn route_nginx(&self, headers: &HeaderMap) {
+        let mut text = String::new();
+        let target = match self.memo.pinned {
+            Some(address) => {
+                tether_core::ascii::push_socket_addr(&mut text, address);
+                text.as_bytes()
+            }
+            None => self.filter.session_header().and_then(|h| headers.get(h)).unwrap_or_default(),
+        };
+        if !self.host.set_property(property::NGINX_NODE, target) {
+            nginx_variable_refused();
+        }
     }
 
     /// Sends a local reply if one was decided: the request then goes no further (`Pause`).
@@ -153,6 +178,20 @@ impl<F: Filter, H: Host> Stream<F, H> {
         write_edits(&self.host, Map::Response, &headers);
         Action::Continue
     }
+}
+
+/// `$tether_node` is not declared (or not changeable): every request goes to the default pool.
+fn nginx_variable_refused() {
+    thread_local! {
+        static SEEN: std::cell::OnceCell<crate::Misconfiguration> = const { std::cell::OnceCell::new() };
+    }
+    SEEN.with(|seen| {
+        seen.get_or_init(|| crate::Misconfiguration::define("tether_routing.nginx_variable_refused")).report(|| {
+            "routing: nginx refused $tether_node: declare it with `set $tether_node \"\";` in the server block and \
+             proxy_pass through a map of it (nginx/overleaf.conf); until then requests ignore sessions and pins"
+                .to_string()
+        })
+    });
 }
 
 impl<F: Filter, H: Host> Context for Stream<F, H> {}
@@ -198,6 +237,7 @@ mod tests {
     /// A host that records every call and holds one stream's maps.
     #[derive(Default)]
     struct MockHost {
+        nginx: bool,
         calls: RefCell<Vec<String>>,
         request: RefCell<Vec<u8>>,
         response: RefCell<Vec<u8>>,
@@ -220,6 +260,13 @@ mod tests {
     }
 
     impl Host for &MockHost {
+        fn kind(&self) -> HostKind {
+            if self.nginx {
+                HostKind::Nginx
+            } else {
+                HostKind::Envoy
+            }
+        }
         fn header_map(&self, map: Map) -> Vec<u8> {
             self.call(format!("read {map:?}"));
             match map {
@@ -244,8 +291,9 @@ mod tests {
             self.call(format!("property {}", property::display(path)));
             None
         }
-        fn set_property(&self, path: &[u8], _: &[u8]) {
-            self.call(format!("set_property {}", property::display(path)));
+        fn set_property(&self, path: &[u8], value: &[u8]) -> bool {
+            self.call(format!("set_property {} {}", property::display(path), String::from_utf8_lossy(value)));
+            true
         }
         fn now_ms(&self) -> u64 {
             self.call("now".into());
@@ -338,11 +386,47 @@ mod tests {
         // No session header in the response: the pinned endpoint served, no property asked.
         assert_eq!(
             host.calls(),
-            ["read Request", "set Request x-tether-session true", "set_property tether.routed_by", "read Response"]
+            [
+                "read Request",
+                "set Request x-tether-session true",
+                "set_property tether.routed_by path-pin",
+                "read Response"
+            ]
         );
         let host = MockHost::with(&[], &[]);
         run(route(false), &host);
         assert!(!host.calls().iter().any(|c| c.starts_with("set_property")));
+    }
+
+    #[test]
+    fn on_nginx_the_node_goes_into_its_variable_edits_go_one_by_one_and_upstream_address_tells_who_served() {
+        let mut request = Plan::default();
+        request.set("x-tether-session", "MTI3LjAuMC4xOjgwMDE=");
+        request.set("x-forwarded-proto", "https");
+        request.route = Some(Route { by: "path-pin", address: "127.0.0.1:8001".parse().ok() });
+        let host = MockHost { nginx: true, ..MockHost::with(&[], &[]) };
+        run(Scripted { request, marks: true, ..Scripted::default() }, &host);
+        assert_eq!(
+            host.calls(),
+            [
+                "read Request",
+                "set Request x-tether-session true",
+                "set Request x-forwarded-proto true",
+                "set_property ngx.tether_node 127.0.0.1:8001",
+                "set_property wasmx.tether_routed_by path-pin",
+                "read Response",
+                // A backup server may have served: the pin does not say, upstream.address does.
+                "property upstream.address",
+            ]
+        );
+
+        // Without a nodes table (uri-hash's key for nginx's `hash`), the key is the value.
+        let mut request = Plan::default();
+        request.set("x-tether-session", "cHJvamVjdC8x");
+        request.route = Some(Route { by: "uri-hash", address: None });
+        let host = MockHost { nginx: true, ..MockHost::with(&[], &[]) };
+        run(Scripted { request, ..Scripted::default() }, &host);
+        assert!(host.calls().contains(&"set_property ngx.tether_node cHJvamVjdC8x".to_string()), "{:?}", host.calls());
     }
 
     #[test]

@@ -11,7 +11,21 @@ pub enum Map {
     Response,
 }
 
+/// Which proxy-wasm host runs the module: the routing contract and header writes differ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostKind {
+    /// Envoy (and Istio, Envoy Gateway): the session header for `stateful_session`, the
+    /// `tether.routed_by` mark, whole-map writes.
+    Envoy,
+    /// nginx with Kong's ngx_wasm_module: the chosen node in the nginx variable
+    /// `$tether_node`, the mark in `wasmx.tether_routed_by`, one call per header edit
+    /// (README "nginx").
+    Nginx,
+}
+
 pub trait Host {
+    /// The host this module runs in.
+    fn kind(&self) -> HostKind;
     /// The whole map in proxy-wasm's encoding, in one call (empty if the host has none).
     fn header_map(&self, map: Map) -> Vec<u8>;
     /// Replaces every line of `name` with `value`, or with `None` removes them.
@@ -22,8 +36,8 @@ pub trait Host {
     fn set_header_map(&self, map: Map, encoded: &[u8]);
     /// A property (a path of [`property`]); an error from the host reads as absent.
     fn property(&self, path: &[u8]) -> Option<Vec<u8>>;
-    /// Sets a per-request property; a refusal is logged, not fatal.
-    fn set_property(&self, path: &[u8], value: &[u8]);
+    /// Sets a per-request property; `false` if the host refused it (never fatal).
+    fn set_property(&self, path: &[u8], value: &[u8]) -> bool;
     /// Wall-clock Unix milliseconds.
     fn now_ms(&self) -> u64;
     fn send_reply(&self, reply: &LocalReply);
@@ -58,6 +72,13 @@ pub mod property {
     pub const UPSTREAM_PORT: &[u8] = b"upstream\0port";
     /// The per-request mark of the routing filter that decided (value: its name).
     pub const ROUTED_BY: &[u8] = b"tether.routed_by";
+    /// The same mark on nginx, which refuses properties it does not know but keeps `wasmx.*`
+    /// along one request's filter chain.
+    pub const NGINX_ROUTED_BY: &[u8] = b"wasmx\0tether_routed_by";
+    /// The nginx variable that receives the chosen node (`set $tether_node "";` declares it).
+    pub const NGINX_NODE: &[u8] = b"ngx\0tether_node";
+    /// Answered only by nginx: how a module tells it runs there.
+    pub const NGINX_VERSION: &[u8] = b"ngx\0nginx_version";
 
     /// `xds.upstream_host_metadata.filter_metadata.<filter>.<key>`: a value of the serving
     /// endpoint's EDS metadata (Envoy answers a string as its bytes).
@@ -71,7 +92,34 @@ pub mod property {
     }
 }
 
+thread_local! {
+    // One answer per VM, asked on its first stream (outside a request nginx answers no dotted
+    // property, so the root context cannot ask).
+    static KIND: std::cell::Cell<Option<HostKind>> = const { std::cell::Cell::new(None) };
+}
+
 impl Host for ProxyWasmHost {
+    /// nginx answers `ngx.nginx_version`; Envoy knows no `ngx` property. One host call per VM.
+    fn kind(&self) -> HostKind {
+        KIND.with(|known| {
+            if let Some(kind) = known.get() {
+                return kind;
+            }
+            let kind = match raw::get_property(property::NGINX_VERSION) {
+                Some(version) => {
+                    log::info!(
+                        "running on nginx {} (ngx_wasm_module): routing through $tether_node, one call per header edit",
+                        String::from_utf8_lossy(&version)
+                    );
+                    HostKind::Nginx
+                }
+                None => HostKind::Envoy,
+            };
+            known.set(Some(kind));
+            kind
+        })
+    }
+
     fn header_map(&self, map: Map) -> Vec<u8> {
         raw::get_header_map(map_type(map)).unwrap_or_default()
     }
@@ -104,11 +152,8 @@ impl Host for ProxyWasmHost {
         raw::get_property(path)
     }
 
-    fn set_property(&self, path: &[u8], value: &[u8]) {
-        let status = raw::set_property(path, value);
-        if status != raw::OK {
-            log::warn!("cannot set property {}: status {status}", property::display(path));
-        }
+    fn set_property(&self, path: &[u8], value: &[u8]) -> bool {
+        raw::set_property(path, value) == raw::OK
     }
 
     /// Read once per tick (crate::vm).

@@ -2,7 +2,7 @@
 //! stream), the callback's header map with the edits decided so far, and the writing back of a
 //! callback's edits with the fewest host calls.
 
-use crate::host::{property, Host, Map};
+use crate::host::{property, Host, HostKind, Map};
 use std::net::{IpAddr, SocketAddr};
 use tether_core::headers::{Edit, HeaderMap};
 use tether_core::plan::{Facts, LocalReply, Plan};
@@ -45,14 +45,16 @@ fn once<T: Clone>(slot: &mut Option<T>, ask: impl FnOnce() -> T) -> T {
 
 impl Facts for StreamFacts<'_> {
     /// From the session header Envoy wrote, else the endpoint this VM pinned (Envoy writes
-    /// nothing when it served), else `upstream.address`.
+    /// nothing when it served), else `upstream.address`. On nginx only `upstream.address`
+    /// tells: nothing is echoed, and a node's `backup` servers may have served instead.
     fn served(&mut self) -> Option<SocketAddr> {
         if let Some(known) = self.memo.served {
             return known;
         }
         let (host, memo) = (self.host, &mut *self.memo);
+        let pinned = memo.pinned.filter(|_| host.kind() == HostKind::Envoy);
         let upstream = &mut memo.upstream_address;
-        let served = served_address(memo.echo.as_deref(), memo.pinned, || once(upstream, || upstream_address(host)));
+        let served = served_address(memo.echo.as_deref(), pinned, || once(upstream, || upstream_address(host)));
         memo.served = Some(served);
         served
     }
@@ -91,7 +93,11 @@ impl Facts for StreamFacts<'_> {
 
     fn routed_by(&mut self) -> Option<Vec<u8>> {
         let host = self.host;
-        once(&mut self.memo.routed_by, || host.property(property::ROUTED_BY))
+        once(&mut self.memo.routed_by, || host.property(routed_by_property(host.kind())))
+    }
+
+    fn echoes_session_header(&mut self) -> bool {
+        self.host.kind() == HostKind::Envoy
     }
 
     fn shared_data(&mut self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
@@ -100,6 +106,14 @@ impl Facts for StreamFacts<'_> {
 
     fn set_shared_data(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> bool {
         self.host.set_shared_data(key, value, cas)
+    }
+}
+
+/// Where the routing filter that decided marks the request for routing filters in later VMs.
+pub fn routed_by_property(kind: HostKind) -> &'static [u8] {
+    match kind {
+        HostKind::Envoy => property::ROUTED_BY,
+        HostKind::Nginx => property::NGINX_ROUTED_BY,
     }
 }
 
@@ -165,13 +179,15 @@ impl<'a> Callback<'a> {
 pub const BATCH_FROM: usize = 2;
 
 /// Writes a callback's edits back to the host: none, one call per edit, or the whole map in one
-/// call, whichever is fewer calls.
+/// call, whichever is fewer calls. Never the whole map on nginx: ngx_wasm_module clears the old
+/// lines by marking them, and nginx's proxy module still sends marked request lines, so every
+/// request header would reach the backend twice.
 pub fn write_edits(host: &dyn Host, map: Map, headers: &HeaderMap) {
     let edits = headers.edits();
     if edits.is_empty() {
         return;
     }
-    if edits.len() >= BATCH_FROM {
+    if edits.len() >= BATCH_FROM && host.kind() == HostKind::Envoy {
         host.set_header_map(map, &headers.encoded());
         return;
     }

@@ -14,6 +14,7 @@ use tether_core::headers::HeaderMap;
 use tether_core::plan::LocalReply;
 use tether_e2e::wasm_host::encode_map;
 use tether_e2e::workload::{get, nodes_table, OverleafFilters};
+use tether_glue::host::HostKind;
 use tether_glue::{Filter, Host, Map, Stream};
 
 /// One stream's maps and properties, as the counting host holds them.
@@ -37,6 +38,9 @@ impl MemoryHost {
 }
 
 impl Host for &MemoryHost {
+    fn kind(&self) -> HostKind {
+        HostKind::Envoy
+    }
     fn header_map(&self, map: Map) -> Vec<u8> {
         match map {
             Map::Request => self.request.borrow().clone(),
@@ -53,7 +57,9 @@ impl Host for &MemoryHost {
     fn property(&self, path: &[u8]) -> Option<Vec<u8>> {
         self.properties.iter().find(|(p, _)| p.as_bytes() == path).map(|(_, v)| v.clone())
     }
-    fn set_property(&self, _: &[u8], _: &[u8]) {}
+    fn set_property(&self, _: &[u8], _: &[u8]) -> bool {
+        true
+    }
     fn now_ms(&self) -> u64 {
         1_796_000_000_000
     }
