@@ -25,37 +25,56 @@ impl Nginx {
         let template_path = repo_root().join("tests/parity").join(format!("{name}.nginx.conf"));
         let template =
             std::fs::read_to_string(&template_path).unwrap_or_else(|e| panic!("{}: {e}", template_path.display()));
+        let fill = |dir: &ScratchDir, http: u16, https: u16| -> String {
+            let mut conf = template
+                .replace("@HTTP_PORT@", &http.to_string())
+                .replace("@HTTPS_PORT@", &https.to_string())
+                .replace("@DIR@", &dir_text(dir));
+            if conf.contains("@CERT@") {
+                let (cert, key) = crate::self_signed_cert(dir);
+                conf = conf.replace("@CERT@", &cert.display().to_string()).replace("@KEY@", &key.display().to_string());
+            }
+            for (i, node) in nodes.iter().enumerate() {
+                conf = conf.replace(&format!("@NODE{}@", i + 1), &node.addr.to_string());
+            }
+            conf
+        };
+        Nginx::start_conf(&crate::sbin("nginx"), &template_path.display().to_string(), fill, &[])
+    }
+
+    /// Starts `binary` with the configuration `fill(scratch dir, http port, https port)` writes,
+    /// `env` in its environment; tries again (new ports) if it does not come up.
+    pub fn start_conf(
+        binary: &std::path::Path,
+        what: &str,
+        fill: impl Fn(&ScratchDir, u16, u16) -> String,
+        env: &[(&str, &str)],
+    ) -> Nginx {
         let mut last_log = String::new();
         for _ in 0..3 {
-            match Nginx::try_start(&template, nodes) {
+            match Nginx::try_start(binary, &fill, env) {
                 Ok(n) => return n,
                 Err(log) => last_log = log,
             }
         }
-        panic!("nginx did not start with {}:\n{last_log}", template_path.display())
+        panic!("nginx did not start with {what}:\n{last_log}")
     }
 
-    fn try_start(template: &str, nodes: &[&TestNode]) -> Result<Nginx, String> {
+    fn try_start(
+        binary: &std::path::Path,
+        fill: &dyn Fn(&ScratchDir, u16, u16) -> String,
+        env: &[(&str, &str)],
+    ) -> Result<Nginx, String> {
         let dir = ScratchDir::new("nginx");
         std::fs::create_dir_all(dir.join("public")).map_err(|e| e.to_string())?;
         // nginx cannot report a port the OS chose; a clash makes it exit and `start` tries again.
         let (http, https) = (free_port(), free_port());
-        let mut conf = template
-            .replace("@HTTP_PORT@", &http.to_string())
-            .replace("@HTTPS_PORT@", &https.to_string())
-            .replace("@DIR@", dir.join(".").display().to_string().trim_end_matches("/."));
-        if conf.contains("@CERT@") {
-            let (cert, key) = crate::self_signed_cert(&dir);
-            conf = conf.replace("@CERT@", &cert.display().to_string()).replace("@KEY@", &key.display().to_string());
-        }
-        for (i, node) in nodes.iter().enumerate() {
-            conf = conf.replace(&format!("@NODE{}@", i + 1), &node.addr.to_string());
-        }
+        let conf = fill(&dir, http, https);
         let placeholder = regex::Regex::new("@[A-Z0-9_]+@").map_err(|e| e.to_string())?;
         assert!(!placeholder.is_match(&conf), "unfilled placeholder in the nginx config:\n{conf}");
         let conf_path = dir.join("nginx.conf");
         std::fs::write(&conf_path, &conf).map_err(|e| e.to_string())?;
-        let mut cmd = Command::new(crate::sbin("nginx"));
+        let mut cmd = Command::new(binary);
         // -e: the error log before the config is read (nginx would open /var/log/nginx first).
         cmd.arg("-e")
             .arg(dir.join("error.log"))
@@ -63,10 +82,13 @@ impl Nginx {
             .arg(dir.join("."))
             .arg("-c")
             .arg(&conf_path)
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         crate::die_with_parent(&mut cmd);
-        let child = cmd.spawn().unwrap_or_else(|e| panic!("cannot run nginx (scripts/setup installs it): {e}"));
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {} (scripts/setup installs nginx): {e}", binary.display()));
         let at = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
         let mut n = Nginx {
             child,
@@ -87,9 +109,19 @@ impl Nginx {
         Ok(n)
     }
 
+    /// The scratch directory nginx runs in (its prefix).
+    pub fn dir(&self) -> &ScratchDir {
+        &self.dir
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("error.log")).unwrap_or_default()
     }
+}
+
+/// A scratch directory as nginx configs name it (no trailing slash).
+pub fn dir_text(dir: &ScratchDir) -> String {
+    dir.join(".").display().to_string().trim_end_matches("/.").to_string()
 }
 
 impl Drop for Nginx {

@@ -42,6 +42,8 @@ pub struct RequestCost {
     /// The request and response headers as the filter left them.
     pub request_headers: Vec<(String, String)>,
     pub response_headers: Vec<(String, String)>,
+    /// The status of the local reply a filter sent, if one did.
+    pub local_reply: Option<u32>,
     /// The stream's properties at the end, by dotted path (`ngx.tether_node`).
     pub properties: BTreeMap<String, Vec<u8>>,
 }
@@ -114,18 +116,20 @@ pub struct HostOptions {
 /// What the nginx flavour of this host knows: the nginx variables the configuration declared
 /// with `set` (only those take `set_property(["ngx", name])`; another answers `NotFound`).
 /// Besides: `ngx.nginx_version` answers; `wasmx.*` takes any value and keeps it along the
-/// request's chain; any other property set answers `NotFound`; a whole request map written
-/// (`proxy_set_header_map_pairs`) keeps the old lines beside the new, as nginx's proxy module
-/// sends the lines ngx_wasm_module marked cleared.
+/// request's chain; any other property set answers `NotFound`. The request map is what nginx's
+/// proxy module then sends: ngx_wasm_module removes a line by marking it, and the proxy module
+/// sends marked lines, so a removed request line stays, a replace changes the first line in
+/// place and leaves the others, and a whole map written keeps the old lines beside the new.
 ///
 /// Between the request and the response it stands in for nginx's `proxy_pass` through the
-/// sample's map (nginx/overleaf.conf): a node named in `$tether_node` serves unless it is
-/// `down`, when its group's `backup` does (the exchange's `upstream.address`, `upstream.port`).
+/// sample's map (nginx/overleaf.conf): the node named in `$tether_node` serves, or what `serves`
+/// says for it (its group's backup when it fails); with nothing named, or a key that is no
+/// address, the pool's choice serves (the exchange's `upstream.address`, `upstream.port`).
 #[derive(Debug, Clone, Default)]
 pub struct Nginx {
     pub variables: Vec<String>,
-    /// Nodes (`ip:port`) whose server fails: their group's backup serves instead.
-    pub down: Vec<String>,
+    /// (`$tether_node`, the `ip:port` that serves it) where that is not the node itself.
+    pub serves: Vec<(String, String)>,
 }
 
 /// One filter's VM, configured as Envoy would: `_initialize`, root context, `on_vm_start`,
@@ -174,6 +178,11 @@ impl FilterVm {
     /// 0 if undefined. Counts a ticking module keeps in the VM arrive with [`FilterVm::tick`].
     pub fn metric(&self, name: &str) -> u64 {
         self.store.data().metrics.iter().filter(|(n, _)| n == name).map(|(_, v)| v).sum()
+    }
+
+    /// The nginx flavour's settings, to change between requests (a node fails).
+    pub fn nginx_mut(&mut self) -> Option<&mut Nginx> {
+        self.store.data_mut().nginx.as_mut()
     }
 
     /// The module's log lines so far (`<level> <message>`).
@@ -299,6 +308,7 @@ pub fn run_chain(vms: &mut [FilterVm], exchange: &Exchange) -> Result<Vec<Reques
     for cost in &mut costs {
         cost.request_headers = stream.request_headers.clone();
         cost.response_headers = stream.response_headers.clone();
+        cost.local_reply = stream.local_reply;
         cost.properties = stream
             .properties
             .iter()
@@ -327,11 +337,12 @@ fn stateful_session(stream: &mut Stream, header: &str) {
 }
 
 /// nginx's `proxy_pass http://$tether_upstream` (nginx/overleaf.conf): the node in
-/// `$tether_node` serves unless it is down; nginx then reports it as a bare IP and its port.
+/// `$tether_node` (or what serves it) serves; nginx then reports it as a bare IP and its port.
 fn nginx_proxy_pass(stream: &mut Stream, nginx: &Nginx) {
     let chosen = stream.properties.get(&b"ngx\0tether_node"[..]).map(|v| String::from_utf8_lossy(v).into_owned());
-    let Some(node) = chosen.filter(|n| !nginx.down.contains(n)) else { return };
-    let Ok(address) = node.parse::<std::net::SocketAddr>() else { return }; // a hash key: the pool's choice
+    let Some(node) = chosen else { return };
+    let served = nginx.serves.iter().find(|(n, _)| *n == node).map_or(node, |(_, served)| served.clone());
+    let Ok(address) = served.parse::<std::net::SocketAddr>() else { return }; // a hash key: the pool's choice
     stream.properties.insert(b"upstream\0address".to_vec(), address.ip().to_string().into_bytes());
     stream.properties.insert(b"upstream\0port".to_vec(), address.port().to_string().into_bytes());
 }
@@ -481,7 +492,16 @@ fn linker(engine: &Engine, module: &Module) -> Result<Linker<HostState>, String>
                   -> HostResult {
                 count(&mut c, name);
                 let (key, value) = (text(&c, key, key_len)?, text(&c, value, value_len)?);
+                let nginx = c.data().nginx.is_some();
                 let Some(headers) = headers_mut(c.data_mut(), map) else { return Ok(BAD_ARGUMENT) };
+                if nginx && map == REQUEST_HEADERS && name == "proxy_replace_header_map_value" {
+                    // The first line changes in place; the others are marked, and still sent.
+                    match headers.iter_mut().find(|(k, _)| k.eq_ignore_ascii_case(&key)) {
+                        Some(line) => line.1 = value,
+                        None => headers.push((key, value)),
+                    }
+                    return Ok(OK);
+                }
                 if name == "proxy_replace_header_map_value" {
                     headers.retain(|(k, _)| !k.eq_ignore_ascii_case(&key)); // HTTP names: any case
                 }
@@ -517,6 +537,9 @@ fn linker(engine: &Engine, module: &Module) -> Result<Linker<HostState>, String>
         |mut c: Caller<'_, HostState>, map: i32, key: i32, key_len: i32| -> HostResult {
             count(&mut c, "proxy_remove_header_map_value");
             let key = text(&c, key, key_len)?;
+            if c.data().nginx.is_some() && map == REQUEST_HEADERS {
+                return Ok(OK); // marked removed, and sent by nginx's proxy module all the same
+            }
             let Some(headers) = headers_mut(c.data_mut(), map) else { return Ok(BAD_ARGUMENT) };
             headers.retain(|(k, _)| !k.eq_ignore_ascii_case(&key)); // HTTP names: any case
             Ok(OK)

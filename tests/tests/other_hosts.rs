@@ -124,11 +124,11 @@ fn a_bare_upstream_address_is_joined_with_upstream_port() {
     assert_eq!(forwarded.metric("tether_forwarded.unknown_upstream"), 0);
 }
 
-/// nginx with ngx_wasm_module and the sample's `set $tether_node "";`; `down`: nodes whose
-/// server fails, so that their group's backup serves.
-fn nginx(down: &[&str]) -> HostOptions {
-    let nginx = Nginx { variables: vec!["tether_node".into()], down: down.iter().map(|d| d.to_string()).collect() };
-    HostOptions { nginx: Some(nginx), ..HostOptions::default() }
+/// nginx with ngx_wasm_module and the sample's `set $tether_node "";`; `serves`: (node, the
+/// backup that serves it because it fails).
+fn nginx(serves: &[(&str, &str)]) -> HostOptions {
+    let serves = serves.iter().map(|(n, s)| (n.to_string(), s.to_string())).collect();
+    HostOptions { nginx: Some(Nginx { variables: vec!["tether_node".into()], serves }), ..HostOptions::default() }
 }
 
 /// A GET as nginx hands it over: bare-IP peer, no `destination.port`, no endpoint metadata, no
@@ -166,7 +166,7 @@ fn on_nginx_a_session_goes_to_its_node_through_tether_node_and_moves_when_a_back
     assert_eq!(set_cookie(&returning), None, "served by its node: nothing to say");
 
     // Its node fails; the node's group has the others as backup, and one of them served.
-    let mut affinity_down = vm("affinity", &config, &nginx(&[node_2]));
+    let mut affinity_down = vm("affinity", &config, &nginx(&[(node_2, node_3)]));
     let moved = run(&mut affinity_down, &on_nginx("/", Some(&cookie), node_3));
     assert_eq!(moved.property("ngx.tether_node").as_deref(), Some(node_2));
     let moved_cookie = set_cookie(&moved).unwrap_or_else(|| panic!("not moved: {:?}", moved.response_headers));
@@ -227,4 +227,23 @@ fn on_nginx_an_undeclared_tether_node_is_counted_and_said_once() {
     assert_eq!(path_pin.metric("tether_routing.nginx_variable_refused"), 2);
     let said = path_pin.log().iter().filter(|l| l.contains("set $tether_node")).count();
     assert_eq!(said, 1, "{:?}", path_pin.log());
+}
+
+#[test]
+fn on_nginx_forged_forwarding_headers_are_emptied_and_a_repeated_one_is_refused() {
+    // nginx sends a request line ngx_wasm_module removed: removal is written as an empty value
+    // (which nginx/overleaf.conf's `proxy_set_header X $http_x` leaves out), and a header sent
+    // twice, whose second line nothing can clean, refuses the request.
+    let mut forwarded = vm("forwarded", r#"{"forwarded": false}"#, &nginx(&[]));
+    let cost = run(&mut forwarded, &forged(on_nginx("/", None, NODES[0].1)));
+    assert_eq!(cost.local_reply, None);
+    assert_eq!(header(&cost.request_headers, "forwarded"), Some(""), "{:?}", cost.request_headers);
+    assert_eq!(header(&cost.request_headers, "x-forwarded-for"), Some("127.0.0.1"));
+    assert_eq!(header(&cost.request_headers, "x-real-ip"), Some("127.0.0.1"));
+    let mut twice = forged(on_nginx("/", None, NODES[0].1));
+    twice.request_headers.push(("x-forwarded-for".into(), "5.5.5.5".into()));
+    let cost = run(&mut forwarded, &twice);
+    assert_eq!(cost.local_reply, Some(400), "{:?}", cost.request_headers);
+    forwarded.tick().unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(forwarded.metric("tether_nginx.repeated_header_refused"), 1);
 }

@@ -240,6 +240,11 @@ impl HeaderMap {
         HeaderMap::encode(&lines)
     }
 
+    /// How many lines named `name` (lower case) the host handed over, before any edit.
+    pub fn original_count(&self, name: &str) -> usize {
+        self.original().filter(|(n, _)| *n == name.as_bytes()).count()
+    }
+
     fn original(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
         self.lines.iter().filter_map(|(name, value)| Some((self.raw.get(name.clone())?, self.raw.get(value.clone())?)))
     }

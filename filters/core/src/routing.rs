@@ -153,7 +153,8 @@ impl Claim {
 /// `tether.routed_by` need not be asked (the common case costs no host call); with one, only
 /// the mark tells a decision from a forgery.
 pub fn claim(headers: &HeaderMap, header: &SessionHeader, facts: &mut dyn Facts, plan: &mut Plan) -> Claim {
-    if !headers.contains(header.name()) {
+    // Empty is absent: no decision writes it, and on nginx a removed line stays, emptied.
+    if headers.get(header.name()).is_none_or(<[u8]>::is_empty) {
         return Claim::Open { forged_removed: false };
     }
     if decided_earlier(facts.routed_by().as_deref()) {

@@ -3,7 +3,7 @@
 //! ([`crate::module!`]); tether-edge is a filter made of the five.
 
 use crate::host::{property, Host, HostKind, Map, ProxyWasmHost};
-use crate::stream::{routed_by_property, write_edits, Callback, Memo};
+use crate::stream::{routed_by_property, unwritable_on_nginx, write_edits, Callback, Memo};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType};
 use std::rc::Rc;
@@ -107,6 +107,11 @@ impl<F: Filter, H: Host> Stream<F, H> {
         reply: Option<LocalReply>,
         routed_by: Option<&'static str>,
     ) -> Action {
+        if reply.is_none() && !headers.edits().is_empty() && self.host.kind() == HostKind::Nginx {
+            if let Some(name) = unwritable_on_nginx(headers) {
+                return self.reply(Some(repeated_header_refused(name)));
+            }
+        }
         write_edits(&self.host, Map::Request, headers);
         if let Some(by) = routed_by {
             let kind = self.host.kind();
@@ -125,6 +130,8 @@ impl<F: Filter, H: Host> Stream<F, H> {
     /// nginx's half of the routing contract: the chosen node's `ip:port` (or, without a nodes
     /// table, the key to hash) goes into `$tether_node`, which the configuration maps to that
     /// node's `upstream {}` group (its siblings as `backup`), as nginx/overleaf.conf does.
+    #[cold]
+    #[inline(never)]
     fn route_nginx(&self, headers: &HeaderMap) {
         let mut text = String::new();
         let target = match self.memo.pinned {
@@ -180,7 +187,25 @@ impl<F: Filter, H: Host> Stream<F, H> {
     }
 }
 
+/// The 400 for a request whose repeated header nginx cannot clean (counted per VM).
+#[cold]
+#[inline(never)]
+fn repeated_header_refused(name: &str) -> LocalReply {
+    thread_local! {
+        static REFUSED: std::cell::OnceCell<crate::Counter> = const { std::cell::OnceCell::new() };
+    }
+    REFUSED.with(|c| c.get_or_init(|| crate::Counter::define("tether_nginx.repeated_header_refused")).increment());
+    log::debug!("refused: request header {name} on more than one line");
+    LocalReply {
+        status: 400,
+        headers: vec![("content-type", "text/plain".into())],
+        body: format!("400 Bad Request: send the {name} header once\n").into_bytes(),
+    }
+}
+
 /// `$tether_node` is not declared (or not changeable): every request goes to the default pool.
+#[cold]
+#[inline(never)]
 fn nginx_variable_refused() {
     thread_local! {
         static SEEN: std::cell::OnceCell<crate::Misconfiguration> = const { std::cell::OnceCell::new() };
@@ -427,6 +452,21 @@ mod tests {
         let host = MockHost { nginx: true, ..MockHost::with(&[], &[]) };
         run(Scripted { request, ..Scripted::default() }, &host);
         assert!(host.calls().contains(&"set_property ngx.tether_node cHJvamVjdC8x".to_string()), "{:?}", host.calls());
+    }
+
+    #[test]
+    fn on_nginx_a_removed_request_line_is_emptied_and_a_repeated_one_refuses_the_request() {
+        let mut request = Plan::default();
+        request.remove("x-real-ip");
+        let host = MockHost { nginx: true, ..MockHost::with(&[("x-real-ip", "6.6.6.6")], &[]) };
+        run(Scripted { request: request.clone(), ..Scripted::default() }, &host);
+        assert_eq!(host.calls()[..2], ["read Request", "set Request x-real-ip true"]);
+
+        let host =
+            MockHost { nginx: true, ..MockHost::with(&[("x-real-ip", "6.6.6.6"), ("X-Real-IP", "7.7.7.7")], &[]) };
+        let mut stream = Stream::new(Rc::new(Scripted { request, ..Scripted::default() }), &host);
+        assert_eq!(stream.request_headers(true), Action::Pause);
+        assert_eq!(host.calls(), ["read Request", "reply 400"]);
     }
 
     #[test]

@@ -109,6 +109,37 @@ impl Facts for StreamFacts<'_> {
     }
 }
 
+/// On nginx a request line ngx_wasm_module removes is only marked, and nginx's proxy module
+/// still sends marked lines; a replaced line is changed in place. So a removal is written as an
+/// empty value: nginx/overleaf.conf re-sends each such header from its `$http_<name>` variable,
+/// and nginx sends no header whose value is empty. (A name the client sent on several lines cannot
+/// be written safely at all: [`unwritable_on_nginx`] refuses the request before this.)
+#[cold]
+#[inline(never)]
+fn write_nginx_request_edits(host: &dyn Host, edits: &[tether_core::headers::NamedEdit]) {
+    for (name, edit) in edits {
+        match edit {
+            Edit::Set(value) => host.set_header(Map::Request, name, Some(value)),
+            Edit::Remove => host.set_header(Map::Request, name, Some(b"")),
+            Edit::Add(value) => host.add_header(Map::Request, name, value),
+        }
+    }
+}
+
+/// The first request header a plan replaces or removes that the client sent on more than one
+/// line. On nginx only the first such line can be replaced or emptied; ngx_wasm_module marks the
+/// others, and nginx's proxy module sends them as the client wrote them (a second forged
+/// `X-Forwarded-For` would reach the backend). The adapter refuses such a request (400).
+#[cold]
+#[inline(never)]
+pub fn unwritable_on_nginx(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .edits()
+        .iter()
+        .find(|(name, edit)| !matches!(edit, Edit::Add(_)) && headers.original_count(name) > 1)
+        .map(|(name, _)| &**name)
+}
+
 /// Where the routing filter that decided marks the request for routing filters in later VMs.
 pub fn routed_by_property(kind: HostKind) -> &'static [u8] {
     match kind {
@@ -187,7 +218,11 @@ pub fn write_edits(host: &dyn Host, map: Map, headers: &HeaderMap) {
     if edits.is_empty() {
         return;
     }
-    if edits.len() >= BATCH_FROM && host.kind() == HostKind::Envoy {
+    let kind = host.kind();
+    if kind == HostKind::Nginx && map == Map::Request {
+        return write_nginx_request_edits(host, edits);
+    }
+    if edits.len() >= BATCH_FROM && kind == HostKind::Envoy {
         host.set_header_map(map, &headers.encoded());
         return;
     }

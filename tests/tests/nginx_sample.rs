@@ -1,0 +1,273 @@
+//! nginx/overleaf.conf, held in CI without the nginx it needs (ngx_wasm_module is not
+//! installable here; nginx/README.md records the by-hand run). The file is read as nginx would
+//! read its Tether parts: the portable modules it names run with the configurations it gives, in
+//! its order, on the counting host's nginx flavour (tests/src/wasm_host.rs, which answers as
+//! ngx_wasm_module was seen to), and what the filters write into `$tether_node` goes through the
+//! file's own map and upstream groups to the node nginx would send the request to.
+
+// Needs the built modules (scripts/build): `scripts/test` runs it.
+#![cfg(feature = "e2e")]
+
+use std::collections::BTreeMap;
+use tether_e2e::wasm_host::{run_chain, Exchange, FilterVm, HostOptions, Nginx, RequestCost};
+use tether_e2e::workload::get;
+use xtask::wasm_exports::portable_wasm;
+
+const SAMPLE: &str = include_str!("../../nginx/overleaf.conf");
+
+/// Every request header a Tether filter may remove: nginx still sends a removed line unless the
+/// configuration re-sends the header from its variable (nginx/README.md).
+const REMOVABLE: [&str; 9] = [
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-forwarded-port",
+    "x-real-ip",
+    "forwarded",
+    "cookie",
+    "x-tether-session",
+    "connection",
+];
+
+/// The statements of the file, comments dropped, each as its words (a quoted JSON one word).
+fn statements(text: &str) -> Vec<Vec<String>> {
+    let mut out = Vec::new();
+    let mut words = Vec::new();
+    for line in text.lines() {
+        let line = line.trim();
+        if line.starts_with('#') || line.is_empty() {
+            continue;
+        }
+        let mut rest = line;
+        loop {
+            rest = rest.trim_start();
+            if rest.is_empty() || rest.starts_with('#') {
+                break;
+            }
+            if let Some(quoted) = rest.strip_prefix('\'') {
+                let (word, after) = quoted.split_once('\'').unwrap_or_else(|| panic!("unclosed quote: {line}"));
+                words.push(word.to_string());
+                rest = after;
+                continue;
+            }
+            let end = rest.find(|c: char| c.is_whitespace() || c == ';' || c == '{' || c == '}').unwrap_or(rest.len());
+            if end == 0 {
+                let (punct, after) = rest.split_at(1);
+                words.push(punct.to_string());
+                if punct == ";" || punct == "{" || punct == "}" {
+                    out.push(std::mem::take(&mut words));
+                }
+                rest = after;
+            } else {
+                words.push(rest[..end].to_string());
+                rest = &rest[end..];
+            }
+        }
+    }
+    out
+}
+
+/// What the sample says, as nginx would take it.
+struct Sample {
+    /// module name -> its .wasm path.
+    modules: BTreeMap<String, String>,
+    /// The https server's filters, in order: (module name, configuration).
+    filters: Vec<(String, String)>,
+    /// `$tether_node` value -> upstream group.
+    map: BTreeMap<String, String>,
+    default_group: String,
+    /// group -> its servers (address, backup?).
+    groups: BTreeMap<String, Vec<(String, bool)>>,
+    /// The https server's `proxy_set_header` names, lower case.
+    resent: Vec<String>,
+    tether_node_declared: bool,
+}
+
+fn sample() -> Sample {
+    let mut s = Sample {
+        modules: BTreeMap::new(),
+        filters: Vec::new(),
+        map: BTreeMap::new(),
+        default_group: String::new(),
+        groups: BTreeMap::new(),
+        resent: Vec::new(),
+        tether_node_declared: false,
+    };
+    let mut blocks: Vec<String> = Vec::new();
+    let mut https = false;
+    for st in statements(SAMPLE) {
+        let w: Vec<&str> = st.iter().map(String::as_str).collect();
+        match w.as_slice() {
+            [.., "{"] => blocks.push(w[..w.len() - 1].join(" ")),
+            ["}"] => {
+                blocks.pop();
+            }
+            ["module", name, path, ";"] => {
+                s.modules.insert(name.to_string(), path.to_string());
+            }
+            ["listen", address, ..] => https = address.ends_with(":8443"),
+            ["proxy_wasm", name, config, ";"] if https => s.filters.push((name.to_string(), config.to_string())),
+            ["set", "$tether_node", "\"\"", ";"] if https => s.tether_node_declared = true,
+            ["proxy_set_header", name, ..] if https => s.resent.push(name.to_ascii_lowercase()),
+            [key, group, ";"] if blocks.last().is_some_and(|b| b == "map $tether_node $tether_upstream") => {
+                if *key == "default" {
+                    s.default_group = group.to_string();
+                } else {
+                    s.map.insert(key.to_string(), group.to_string());
+                }
+            }
+            ["server", address, rest @ ..] if blocks.last().is_some_and(|b| b.starts_with("upstream ")) => {
+                let group = blocks.last().map(|b| b.trim_start_matches("upstream ").to_string()).unwrap_or_default();
+                s.groups.entry(group).or_default().push((address.to_string(), rest.contains(&"backup")));
+            }
+            _ => {}
+        }
+    }
+    s
+}
+
+fn vms(sample: &Sample, options: &HostOptions) -> Vec<FilterVm> {
+    sample
+        .filters
+        .iter()
+        .map(|(name, config)| {
+            let path = sample.modules.get(name).unwrap_or_else(|| panic!("proxy_wasm {name}: no such module"));
+            let lib = std::path::Path::new(path).file_stem().and_then(|s| s.to_str()).unwrap_or_default();
+            assert_eq!(portable_wasm(lib).file_name(), std::path::Path::new(path).file_name(), "{path}");
+            assert!(path.contains("/portable/"), "{name}: ngx_wasm_module needs the portable flavour: {path}");
+            let module =
+                std::fs::read(portable_wasm(lib)).unwrap_or_else(|e| panic!("{path}: {e} (run scripts/build)"));
+            FilterVm::start_with(&module, config, options).unwrap_or_else(|e| panic!("{name}: {e}"))
+        })
+        .collect()
+}
+
+/// What serves each node's traffic when `down` fail, as the file's map and groups say: the
+/// group's first server that is up (the node, else a backup). For the nginx flavour's `serves`.
+fn routing(sample: &Sample, down: &[&str]) -> Vec<(String, String)> {
+    sample
+        .map
+        .iter()
+        .map(|(node, group)| {
+            let servers = sample.groups.get(group).unwrap_or_else(|| panic!("no upstream {group}"));
+            let up = servers.iter().find(|(address, _)| !down.contains(&address.as_str()));
+            (node.clone(), up.map(|(address, _)| address.clone()).unwrap_or_else(|| panic!("{group}: all down")))
+        })
+        .collect()
+}
+
+/// A request through the sample's chain; the pool (nothing in `$tether_node`) picks
+/// server-pro-ha-2.
+fn request(vms: &mut [FilterVm], path: &str, cookie: Option<&str>) -> RequestCost {
+    let mut exchange: Exchange = get(path, None);
+    exchange.session_header = None;
+    exchange.properties =
+        [("source", "address", "203.0.113.7"), ("upstream", "address", "127.0.0.1"), ("upstream", "port", "8002")]
+            .iter()
+            .map(|(a, b, v)| (vec![a.to_string(), b.to_string()], v.as_bytes().to_vec()))
+            .collect();
+    exchange.request_headers.retain(|(k, _)| k != "x-forwarded-proto");
+    if let Some(cookie) = cookie {
+        exchange.request_headers.push(("Cookie".into(), cookie.into()));
+    }
+    let mut costs = run_chain(vms, &exchange).unwrap_or_else(|e| panic!("{e}"));
+    costs.pop().unwrap_or_else(|| panic!("no filter"))
+}
+
+fn served(cost: &RequestCost) -> String {
+    let ip = cost.property("upstream.address").unwrap_or_default();
+    format!("{ip}:{}", cost.property("upstream.port").unwrap_or_default())
+}
+
+fn header<'a>(cost: &'a RequestCost, name: &str) -> Option<&'a str> {
+    cost.response_headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+}
+
+fn cookie_of(cost: &RequestCost) -> String {
+    let set = header(cost, "set-cookie").unwrap_or_else(|| panic!("no Set-Cookie: {:?}", cost.response_headers));
+    set.split(';').next().unwrap_or_default().to_string()
+}
+
+#[test]
+fn the_sample_s_map_and_groups_send_each_node_s_traffic_to_it_with_the_others_as_backup() {
+    let s = sample();
+    assert!(s.tether_node_declared, "the https server must declare `set $tether_node \"\";`");
+    assert_eq!(s.groups.get(&s.default_group).map(Vec::len), Some(3), "the pool: {:?}", s.groups);
+    let nodes: Vec<&String> = s.groups[&s.default_group].iter().map(|(a, _)| a).collect();
+    assert_eq!(s.map.len(), nodes.len(), "one map entry per node: {:?}", s.map);
+    for node in &nodes {
+        let group = &s.groups[&s.map[*node]];
+        assert_eq!(group.first(), Some(&((*node).clone(), false)), "{node}: its own group leads with it");
+        let backups: Vec<&String> = group.iter().filter(|(_, b)| *b).map(|(a, _)| a).collect();
+        assert_eq!(backups.len(), nodes.len() - 1, "{node}: the others as backup: {group:?}");
+    }
+    for name in REMOVABLE {
+        assert!(s.resent.iter().any(|r| r == name), "proxy_set_header {name} missing: nginx would send a removed line");
+    }
+    let order: Vec<&str> = s.filters.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(order, ["tether_forwarded", "tether_body_limit", "tether_path_pin", "tether_affinity"]);
+}
+
+#[test]
+fn through_the_sample_sessions_stick_git_is_pinned_and_a_failed_node_s_sessions_move_once() {
+    let s = sample();
+    let options = HostOptions {
+        nginx: Some(Nginx { variables: vec!["tether_node".into()], serves: routing(&s, &[]) }),
+        environment: vec![("TETHER_AFFINITY_KEYS".into(), "c2FtcGxlLWtleS0wMTIzNDU2Nzg5YWJjZGVm".into())],
+        ..HostOptions::default()
+    };
+    let mut chain = vms(&s, &options);
+
+    let first = request(&mut chain, "/project/1", None);
+    assert_eq!(served(&first), "127.0.0.1:8002", "the pool chose");
+    assert_eq!(header(&first, "x-served-by"), Some("server-pro-ha-2"));
+    assert!(header(&first, "strict-transport-security").is_some_and(|v| v.contains("preload")));
+    let cookie = cookie_of(&first);
+    assert!(cookie.starts_with("server-pro-ha="), "{cookie}");
+    let forwarded = |c: &RequestCost, name: &str| {
+        c.request_headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.clone())
+    };
+    assert_eq!(forwarded(&first, "x-forwarded-proto").as_deref(), Some("https"));
+    assert_eq!(forwarded(&first, "x-forwarded-for").as_deref(), Some("203.0.113.7"));
+
+    for path in ["/project/1/compile", "/socket.io/1/"] {
+        let again = request(&mut chain, path, Some(&cookie));
+        assert_eq!(again.property("ngx.tether_node").as_deref(), Some("127.0.0.1:8002"), "{path}");
+        assert_eq!(served(&again), "127.0.0.1:8002", "{path}");
+        assert_eq!(header(&again, "set-cookie"), None, "{path}");
+    }
+    let git = request(&mut chain, "/git/p.git/info/refs", Some(&cookie));
+    assert_eq!(served(&git), "127.0.0.1:8001", "git goes to the git-bridge sibling");
+    assert_eq!(git.property("wasmx.tether_routed_by").as_deref(), Some("path-pin"));
+    assert_eq!(header(&git, "set-cookie"), None, "a pinned request leaves the session alone");
+
+    // server-pro-ha-2 fails: its group's first backup serves, and the session moves there, once.
+    for vm in &mut chain {
+        if let Some(nginx) = vm.nginx_mut() {
+            nginx.serves = routing(&s, &["127.0.0.1:8002"]);
+        }
+    }
+    let moved = request(&mut chain, "/project/1", Some(&cookie));
+    assert_eq!(served(&moved), "127.0.0.1:8001");
+    assert_eq!(header(&moved, "x-served-by"), Some("server-pro-ha-1"));
+    let moved_cookie = cookie_of(&moved);
+    let after = request(&mut chain, "/project/1", Some(&moved_cookie));
+    assert_eq!(after.property("ngx.tether_node").as_deref(), Some("127.0.0.1:8001"));
+    assert_eq!(header(&after, "set-cookie"), None, "moved once");
+
+    // 413 over the guide's 50 MB, declared.
+    let mut big = get("/upload", None);
+    big.session_header = None;
+    big.properties = vec![(vec!["source".into(), "address".into()], b"203.0.113.7".to_vec())];
+    big.request_headers.push(("Content-Length".into(), (50 * 1024 * 1024 + 1).to_string()));
+    big.request_body = b"the first bytes".to_vec(); // headers without end of stream
+    run_chain(&mut chain, &big).unwrap_or_else(|e| panic!("{e}"));
+    let refused: u64 = chain
+        .iter_mut()
+        .map(|vm| {
+            vm.tick().unwrap_or_else(|e| panic!("{e}"));
+            vm.metric("tether_body_limit.rejected.declared_too_large")
+        })
+        .sum();
+    assert_eq!(refused, 1);
+}
