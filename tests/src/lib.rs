@@ -10,6 +10,7 @@ pub mod haproxy;
 pub mod http;
 pub mod manifests;
 pub mod nginx;
+pub mod nginx_conf;
 pub mod node;
 pub mod openapi;
 pub mod sample;

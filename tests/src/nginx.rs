@@ -125,9 +125,14 @@ pub fn dir_text(dir: &ScratchDir) -> String {
 }
 
 impl Drop for Nginx {
+    /// A master process stops its workers on SIGTERM; SIGKILL would leave them serving.
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let stopped = crate::wait::poll(Duration::from_secs(5), || self.child.try_wait().ok().flatten());
+        if stopped.is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
         if std::thread::panicking() {
             eprintln!("----- nginx log -----\n{}\n----- end of nginx log -----", self.log());
         }

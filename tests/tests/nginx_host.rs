@@ -44,7 +44,8 @@ impl Sample {
         let release = repo_root().join("target/wasm32-unknown-unknown/release");
         let fill = |dir: &ScratchDir, http: u16, https: u16| -> String {
             let (cert, key) = self_signed_cert(dir);
-            let mut conf = sample
+            // In the foreground, so that the test holds the master process and stops it.
+            let mut conf = format!("daemon off;\n{sample}")
                 .replace("../target/demo-tls/cert.pem", &cert.display().to_string())
                 .replace("../target/demo-tls/key.pem", &key.display().to_string())
                 .replace("target/wasm32-unknown-unknown/release", &release.display().to_string())

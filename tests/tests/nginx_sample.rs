@@ -8,127 +8,27 @@
 // Needs the built modules (scripts/build): `scripts/test` runs it.
 #![cfg(feature = "e2e")]
 
-use std::collections::BTreeMap;
+use tether_e2e::nginx_conf::{check, NginxConf, REMOVABLE_REQUEST_HEADERS};
 use tether_e2e::wasm_host::{run_chain, Exchange, FilterVm, HostOptions, Nginx, RequestCost};
 use tether_e2e::workload::get;
 use xtask::wasm_exports::portable_wasm;
 
 const SAMPLE: &str = include_str!("../../nginx/overleaf.conf");
 
-/// Every request header a Tether filter may remove: nginx still sends a removed line unless the
-/// configuration re-sends the header from its variable (nginx/README.md).
-const REMOVABLE: [&str; 9] = [
-    "x-forwarded-for",
-    "x-forwarded-proto",
-    "x-forwarded-host",
-    "x-forwarded-port",
-    "x-real-ip",
-    "forwarded",
-    "cookie",
-    "x-tether-session",
-    "connection",
-];
+/// The https server's `listen`.
+const HTTPS: &str = "127.0.0.1:8443 ssl";
 
-/// The statements of the file, comments dropped, each as its words (a quoted JSON one word).
-fn statements(text: &str) -> Vec<Vec<String>> {
-    let mut out = Vec::new();
-    let mut words = Vec::new();
-    for line in text.lines() {
-        let line = line.trim();
-        if line.starts_with('#') || line.is_empty() {
-            continue;
-        }
-        let mut rest = line;
-        loop {
-            rest = rest.trim_start();
-            if rest.is_empty() || rest.starts_with('#') {
-                break;
-            }
-            if let Some(quoted) = rest.strip_prefix('\'') {
-                let (word, after) = quoted.split_once('\'').unwrap_or_else(|| panic!("unclosed quote: {line}"));
-                words.push(word.to_string());
-                rest = after;
-                continue;
-            }
-            let end = rest.find(|c: char| c.is_whitespace() || c == ';' || c == '{' || c == '}').unwrap_or(rest.len());
-            if end == 0 {
-                let (punct, after) = rest.split_at(1);
-                words.push(punct.to_string());
-                if punct == ";" || punct == "{" || punct == "}" {
-                    out.push(std::mem::take(&mut words));
-                }
-                rest = after;
-            } else {
-                words.push(rest[..end].to_string());
-                rest = &rest[end..];
-            }
-        }
-    }
-    out
+fn sample() -> NginxConf {
+    NginxConf::parse(SAMPLE).unwrap_or_else(|e| panic!("nginx/overleaf.conf: {e}"))
 }
 
-/// What the sample says, as nginx would take it.
-struct Sample {
-    /// module name -> its .wasm path.
-    modules: BTreeMap<String, String>,
-    /// The https server's filters, in order: (module name, configuration).
-    filters: Vec<(String, String)>,
-    /// `$tether_node` value -> upstream group.
-    map: BTreeMap<String, String>,
-    default_group: String,
-    /// group -> its servers (address, backup?).
-    groups: BTreeMap<String, Vec<(String, bool)>>,
-    /// The https server's `proxy_set_header` names, lower case.
-    resent: Vec<String>,
-    tether_node_declared: bool,
+/// The https server's filters, in order: (module name, configuration).
+fn https_filters(s: &NginxConf) -> Vec<(String, String)> {
+    s.filters.iter().filter(|f| f.server == HTTPS).map(|f| (f.module.clone(), f.config.clone())).collect()
 }
 
-fn sample() -> Sample {
-    let mut s = Sample {
-        modules: BTreeMap::new(),
-        filters: Vec::new(),
-        map: BTreeMap::new(),
-        default_group: String::new(),
-        groups: BTreeMap::new(),
-        resent: Vec::new(),
-        tether_node_declared: false,
-    };
-    let mut blocks: Vec<String> = Vec::new();
-    let mut https = false;
-    for st in statements(SAMPLE) {
-        let w: Vec<&str> = st.iter().map(String::as_str).collect();
-        match w.as_slice() {
-            [.., "{"] => blocks.push(w[..w.len() - 1].join(" ")),
-            ["}"] => {
-                blocks.pop();
-            }
-            ["module", name, path, ";"] => {
-                s.modules.insert(name.to_string(), path.to_string());
-            }
-            ["listen", address, ..] => https = address.ends_with(":8443"),
-            ["proxy_wasm", name, config, ";"] if https => s.filters.push((name.to_string(), config.to_string())),
-            ["set", "$tether_node", "\"\"", ";"] if https => s.tether_node_declared = true,
-            ["proxy_set_header", name, ..] if https => s.resent.push(name.to_ascii_lowercase()),
-            [key, group, ";"] if blocks.last().is_some_and(|b| b == "map $tether_node $tether_upstream") => {
-                if *key == "default" {
-                    s.default_group = group.to_string();
-                } else {
-                    s.map.insert(key.to_string(), group.to_string());
-                }
-            }
-            ["server", address, rest @ ..] if blocks.last().is_some_and(|b| b.starts_with("upstream ")) => {
-                let group = blocks.last().map(|b| b.trim_start_matches("upstream ").to_string()).unwrap_or_default();
-                s.groups.entry(group).or_default().push((address.to_string(), rest.contains(&"backup")));
-            }
-            _ => {}
-        }
-    }
-    s
-}
-
-fn vms(sample: &Sample, options: &HostOptions) -> Vec<FilterVm> {
-    sample
-        .filters
+fn vms(sample: &NginxConf, options: &HostOptions) -> Vec<FilterVm> {
+    https_filters(sample)
         .iter()
         .map(|(name, config)| {
             let path = sample.modules.get(name).unwrap_or_else(|| panic!("proxy_wasm {name}: no such module"));
@@ -144,9 +44,9 @@ fn vms(sample: &Sample, options: &HostOptions) -> Vec<FilterVm> {
 
 /// What serves each node's traffic when `down` fail, as the file's map and groups say: the
 /// group's first server that is up (the node, else a backup). For the nginx flavour's `serves`.
-fn routing(sample: &Sample, down: &[&str]) -> Vec<(String, String)> {
+fn routing(sample: &NginxConf, down: &[&str]) -> Vec<(String, String)> {
     sample
-        .map
+        .node_map
         .iter()
         .map(|(node, group)| {
             let servers = sample.groups.get(group).unwrap_or_else(|| panic!("no upstream {group}"));
@@ -191,20 +91,22 @@ fn cookie_of(cost: &RequestCost) -> String {
 #[test]
 fn the_sample_s_map_and_groups_send_each_node_s_traffic_to_it_with_the_others_as_backup() {
     let s = sample();
-    assert!(s.tether_node_declared, "the https server must declare `set $tether_node \"\";`");
-    assert_eq!(s.groups.get(&s.default_group).map(Vec::len), Some(3), "the pool: {:?}", s.groups);
-    let nodes: Vec<&String> = s.groups[&s.default_group].iter().map(|(a, _)| a).collect();
-    assert_eq!(s.map.len(), nodes.len(), "one map entry per node: {:?}", s.map);
+    assert_eq!(s.declares_tether_node, [HTTPS], "the https server must declare `set $tether_node \"\";`");
+    let pool = s.node_map_default.clone().unwrap_or_else(|| panic!("the map has no default (the pool)"));
+    assert_eq!(s.groups.get(&pool).map(Vec::len), Some(3), "the pool: {:?}", s.groups);
+    let nodes: Vec<&String> = s.groups[&pool].iter().map(|(a, _)| a).collect();
+    assert_eq!(s.node_map.len(), nodes.len(), "one map entry per node: {:?}", s.node_map);
     for node in &nodes {
-        let group = &s.groups[&s.map[*node]];
+        let group = &s.groups[&s.node_map[*node]];
         assert_eq!(group.first(), Some(&((*node).clone(), false)), "{node}: its own group leads with it");
         let backups: Vec<&String> = group.iter().filter(|(_, b)| *b).map(|(a, _)| a).collect();
         assert_eq!(backups.len(), nodes.len() - 1, "{node}: the others as backup: {group:?}");
     }
-    for name in REMOVABLE {
-        assert!(s.resent.iter().any(|r| r == name), "proxy_set_header {name} missing: nginx would send a removed line");
+    let resent = &s.resent[HTTPS];
+    for name in REMOVABLE_REQUEST_HEADERS.iter().chain(&["connection"]) {
+        assert!(resent.iter().any(|r| r == name), "proxy_set_header {name} missing: nginx would send a removed line");
     }
-    let order: Vec<&str> = s.filters.iter().map(|(n, _)| n.as_str()).collect();
+    let order: Vec<String> = https_filters(&s).into_iter().map(|(n, _)| n).collect();
     assert_eq!(order, ["tether_forwarded", "tether_body_limit", "tether_path_pin", "tether_affinity"]);
 }
 
@@ -270,4 +172,43 @@ fn through_the_sample_sessions_stick_git_is_pinned_and_a_failed_node_s_sessions_
         })
         .sum();
     assert_eq!(refused, 1);
+}
+
+#[test]
+fn check_nginx_passes_the_sample_and_names_each_mistake_an_operator_can_make() {
+    let root = tether_e2e::repo_root();
+    let env = vec![("TETHER_AFFINITY_KEYS".to_string(), "c2FtcGxlLWtleS0wMTIzNDU2Nzg5YWJjZGVm".to_string())];
+    let report = check(SAMPLE, &root, &env);
+    assert!(report.errors.is_empty() && report.warnings.is_empty(), "{report:?}");
+    assert_eq!(report.ok.len(), 5, "{report:?}");
+
+    let mistakes: [(&str, String, &str); 6] = [
+        ("a refused configuration", SAMPLE.replace("\"50M\"", "\"50 potatoes\""), "default_limit"),
+        ("no keys in the environment", SAMPLE.to_string(), "TETHER_AFFINITY_KEYS"),
+        (
+            "the trimmed module",
+            SAMPLE.replace("release/portable/tether_path_pin", "release/tether_path_pin"),
+            "does not export",
+        ),
+        ("no set $tether_node", SAMPLE.replace("set $tether_node \"\";", ""), "set $tether_node"),
+        (
+            "no map",
+            SAMPLE.replace("map $tether_node $tether_upstream", "map $host $tether_upstream"),
+            "no `map $tether_node",
+        ),
+        (
+            "a map to nowhere",
+            SAMPLE.replace("127.0.0.1:8002   server_pro_ha_2;", "127.0.0.1:8002   server_pro_ha_9;"),
+            "server_pro_ha_9",
+        ),
+    ];
+    for (what, text, said) in mistakes {
+        let env = if what == "no keys in the environment" { Vec::new() } else { env.clone() };
+        let report = check(&text, &root, &env);
+        assert!(report.errors.iter().any(|e| e.contains(said)), "{what}: {report:?}");
+    }
+    let no_resend = SAMPLE.replace("proxy_set_header X-Real-IP         $http_x_real_ip;\n", "");
+    let report = check(&no_resend, &root, &env);
+    assert!(report.errors.is_empty(), "{report:?}");
+    assert!(report.warnings.iter().any(|w| w.contains("x-real-ip")), "{report:?}");
 }
