@@ -300,7 +300,9 @@ mod tests {
             }
         }
         fn set_header(&self, map: Map, name: &str, value: Option<&[u8]>) {
-            self.call(format!("set {map:?} {name} {}", value.is_some()));
+            // "true": a value, "empty": an empty one, "false": removed.
+            let what = value.map_or("false", |v| if v.is_empty() { "empty" } else { "true" });
+            self.call(format!("set {map:?} {name} {what}"));
         }
         fn add_header(&self, map: Map, name: &str, _: &[u8]) {
             self.call(format!("add {map:?} {name}"));
@@ -460,7 +462,7 @@ mod tests {
         request.remove("x-real-ip");
         let host = MockHost { nginx: true, ..MockHost::with(&[("x-real-ip", "6.6.6.6")], &[]) };
         run(Scripted { request: request.clone(), ..Scripted::default() }, &host);
-        assert_eq!(host.calls()[..2], ["read Request", "set Request x-real-ip true"]);
+        assert_eq!(host.calls()[..2], ["read Request", "set Request x-real-ip empty"]);
 
         let host =
             MockHost { nginx: true, ..MockHost::with(&[("x-real-ip", "6.6.6.6"), ("X-Real-IP", "7.7.7.7")], &[]) };
