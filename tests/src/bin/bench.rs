@@ -353,6 +353,15 @@ fn main() {
         &["noop"],
     ));
     arms.push(envoy_arm(
+        "edge-calls",
+        "the floor making tether-edge's host calls with no logic between them (noop `edge-calls`)",
+        EnvoyConfig::new(
+            vec![WasmFilter { code: Some(headers_only_noop()), ..WasmFilter::new("noop", "edge-calls") }],
+            &refs,
+        ),
+        &["noop"],
+    ));
+    arms.push(envoy_arm(
         "body-limit",
         "Tether body-limit (GET)",
         EnvoyConfig::new(vec![WasmFilter::new("body-limit", &body_limit)], &refs),
@@ -449,6 +458,7 @@ fn main() {
         }
         match arm.name.as_str() {
             "forwarded" => served_by_header(arm, ""),
+            "edge-calls" => served_by_header(arm, ""),
             "tether (all five)" | "tether-edge" | "lua" | "haproxy 2.6" => {
                 served_by_header(arm, cookie.as_deref().unwrap_or_default())
             }

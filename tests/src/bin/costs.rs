@@ -21,6 +21,8 @@ fn main() {
     let edge = filters.edge();
     let project = "/project/5f3c/output/output.pdf";
     let mut arms: Vec<Arm> = vec![("noop", vec![("noop", "")], "/")];
+    // tether-edge's host calls without its logic (scripts/bench's `edge-calls` arm).
+    arms.push(("edge-calls", vec![("noop", "edge-calls")], "/"));
     for (filter, config) in filters.chain() {
         arms.push((filter, vec![(filter, config)], if filter == "uri-hash" { project } else { "/" }));
     }
