@@ -171,7 +171,7 @@ impl HeaderMap {
         // The last edit that replaced or removed the name decides where its lines begin.
         let replaced = self.edits.iter().rposition(|(n, e)| n.as_bytes() == name && !matches!(e, Edit::Add(_)));
         match replaced {
-            None => self.original().find(|(n, _)| *n == name).map(|(_, v)| v).or_else(|| added(&self.edits)),
+            None => self.original_value(name).or_else(|| added(&self.edits)),
             Some(at) => match self.edits.get(at) {
                 Some((_, Edit::Set(v))) => Some(&**v),
                 _ => added(self.edits.get(at + 1..).unwrap_or_default()),
@@ -243,6 +243,13 @@ impl HeaderMap {
     /// How many lines named `name` (lower case) the host handed over, before any edit.
     pub fn original_count(&self, name: &str) -> usize {
         self.original().filter(|(n, _)| *n == name.as_bytes()).count()
+    }
+
+    /// The first host line named `name`: names compared by length first, a value sliced only
+    /// for the line that matches (every policy asks for a few headers; this is the hot loop).
+    fn original_value(&self, name: &[u8]) -> Option<&[u8]> {
+        let line = self.lines.iter().find(|(n, _)| n.len() == name.len() && self.raw.get(n.clone()) == Some(name));
+        line.and_then(|(_, v)| self.raw.get(v.clone()))
     }
 
     fn original(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
