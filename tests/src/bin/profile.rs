@@ -4,8 +4,10 @@
 //! (default 10 000). Native instructions are not Wasm instructions, but where they go is where
 //! the Wasm ones go:
 //!
-//!     cargo build --release -p tether-e2e --bin profile
-//!     valgrind --tool=callgrind --callgrind-out-file=target/callgrind.out target/release/profile
+//!     # the release profile strips symbols: keep them, in a target dir of their own
+//!     CARGO_PROFILE_RELEASE_STRIP=false CARGO_PROFILE_RELEASE_DEBUG=1 CARGO_TARGET_DIR=target/prof \
+//!         cargo build --release -p tether-e2e --bin profile
+//!     valgrind --tool=callgrind --callgrind-out-file=target/callgrind.out target/prof/release/profile
 //!     callgrind_annotate --inclusive=yes target/callgrind.out | head -60
 
 use std::cell::RefCell;
