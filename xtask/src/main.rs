@@ -60,7 +60,7 @@ fn build() -> Result<(), String> {
         write_new(&portable_wasm(&filter.lib_name), &wasm_opt.shrink(&module)?)?;
         let unused = unused_callback_exports(&filter.callbacks).map_err(|e| format!("{}: {e}", filter.package))?;
         let trimmed = remove_exports(&module, &unused).map_err(|e| format!("{}: {e}", built.display()))?;
-        // After the trim: code only the removed callbacks reached goes too.
+        // Optimised after the trim, so that wasm-opt may drop what only the removed callbacks reached.
         write_new(&release_wasm(&filter.lib_name), &wasm_opt.shrink(&trimmed)?)?;
         println!("{:<22} exports {}", filter.package, filter.callbacks.join(", "));
     }
