@@ -1,8 +1,7 @@
 //! `cargo xtask build`: every Wasm module of the workspace (each crate under `filters/` that
 //! builds a cdylib: the filters' modules, tether-edge, the test-only noop and crash), in
 //! release for wasm32, with the stream callbacks a filter does not implement removed from its
-//! exports (`[package.metadata.tether] callbacks`), then shrunk by binaryen's `wasm-opt -Oz`
-//! (when it is installed; scripts/setup installs it); prints each module's path and size.
+//! exports (`[package.metadata.tether] callbacks`); prints each module's path and size.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -53,23 +52,14 @@ fn build() -> Result<(), String> {
     }
     // Export only the stream callbacks each filter implements: Envoy skips the others without
     // entering the VM. The portable flavour keeps every callback, for hosts that need them all.
-    let wasm_opt = WasmOpt::find();
-    for filter in &filters {
+    for filter in filters {
         let built = cargo_output(&filter.lib_name);
         let module = std::fs::read(&built).map_err(|e| format!("{}: {e}", built.display()))?;
-        write_new(&portable_wasm(&filter.lib_name), &wasm_opt.shrink(&module)?)?;
+        write_new(&portable_wasm(&filter.lib_name), &module)?;
         let unused = unused_callback_exports(&filter.callbacks).map_err(|e| format!("{}: {e}", filter.package))?;
         let trimmed = remove_exports(&module, &unused).map_err(|e| format!("{}: {e}", built.display()))?;
-        // Optimised after the trim, so that wasm-opt may drop what only the removed callbacks reached.
-        write_new(&release_wasm(&filter.lib_name), &wasm_opt.shrink(&trimmed)?)?;
+        write_new(&release_wasm(&filter.lib_name), &trimmed)?;
         println!("{:<22} exports {}", filter.package, filter.callbacks.join(", "));
-    }
-    // The test modules (noop, crash) are built the same way, so the benchmark's floor stays a
-    // Tether-like module.
-    for module in modules.iter().filter(|m| !filters.iter().any(|f| f.lib_name == m.lib_name)) {
-        let built = cargo_output(&module.lib_name);
-        let bytes = std::fs::read(&built).map_err(|e| format!("{}: {e}", built.display()))?;
-        write_new(&release_wasm(&module.lib_name), &wasm_opt.shrink(&bytes)?)?;
     }
     for module in &modules {
         let path = release_wasm(&module.lib_name);
@@ -88,46 +78,6 @@ fn cargo_output(lib_name: &str) -> PathBuf {
 
 fn exports(module: &[u8]) -> Vec<String> {
     export_names(module).unwrap_or_default()
-}
-
-/// binaryen's optimiser, for size: `-Oz` took tether-edge from 604 509 to 530 215 bytes and a
-/// returning user's GET from 99.0k to 81.3k Wasm instructions (-O3 and -Os: 81.0k and 81.2k,
-/// both larger). Without it (no binaryen) the modules stay as rustc wrote them, and the build
-/// says so.
-struct WasmOpt(Option<PathBuf>);
-
-/// The Wasm features rustc's wasm32-unknown-unknown output uses; wasm-opt validates against them.
-const WASM_FEATURES: [&str; 4] =
-    ["--enable-bulk-memory", "--enable-sign-ext", "--enable-mutable-globals", "--enable-nontrapping-float-to-int"];
-
-impl WasmOpt {
-    fn find() -> WasmOpt {
-        let found = Command::new("wasm-opt").arg("--version").output().is_ok_and(|o| o.status.success());
-        if !found {
-            println!("wasm-opt (binaryen) not found: the modules stay as rustc wrote them, about 12% larger (scripts/setup installs it)");
-        }
-        WasmOpt(found.then(|| PathBuf::from("wasm-opt")))
-    }
-
-    fn shrink(&self, module: &[u8]) -> Result<Vec<u8>, String> {
-        let Some(wasm_opt) = &self.0 else { return Ok(module.to_vec()) };
-        let dir = repo_root().join("target/xtask");
-        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-        let (input, output) = (dir.join("in.wasm"), dir.join("out.wasm"));
-        std::fs::write(&input, module).map_err(|e| format!("{}: {e}", input.display()))?;
-        let run = Command::new(wasm_opt)
-            .arg("-Oz")
-            .args(WASM_FEATURES)
-            .arg(&input)
-            .arg("-o")
-            .arg(&output)
-            .output()
-            .map_err(|e| format!("cannot run wasm-opt: {e}"))?;
-        if !run.status.success() {
-            return Err(format!("wasm-opt failed: {}", String::from_utf8_lossy(&run.stderr)));
-        }
-        std::fs::read(&output).map_err(|e| format!("{}: {e}", output.display()))
-    }
 }
 
 /// Writes `bytes` to `path` as a new file (a temporary renamed over it), so that a hard link
