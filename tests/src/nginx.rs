@@ -109,11 +109,6 @@ impl Nginx {
         Ok(n)
     }
 
-    /// The scratch directory nginx runs in (its prefix).
-    pub fn dir(&self) -> &ScratchDir {
-        &self.dir
-    }
-
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("error.log")).unwrap_or_default()
     }

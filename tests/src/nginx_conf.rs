@@ -94,8 +94,6 @@ pub struct ProxyWasm {
     pub config: String,
     /// The server's `listen` arguments, to say which server it is in.
     pub server: String,
-    /// The location (`location /`), empty at server level.
-    pub location: String,
     pub line: usize,
 }
 
@@ -141,7 +139,6 @@ impl NginxConf {
                     module: st.arg(0).unwrap_or_default().into(),
                     config: st.arg(1).unwrap_or_default().into(),
                     server: listen,
-                    location: st.blocks.iter().find(|b| b.starts_with("location")).cloned().unwrap_or_default(),
                     line: st.line,
                 });
             } else if st.is("set") && st.arg(0) == Some("$tether_node") && server.is_some() {

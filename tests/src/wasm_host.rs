@@ -49,6 +49,16 @@ pub struct RequestCost {
 }
 
 impl RequestCost {
+    /// The first request header named `name` (any case), as the filters left it.
+    pub fn request_header(&self, name: &str) -> Option<&str> {
+        first_line(&self.request_headers, name)
+    }
+
+    /// The first response header named `name` (any case), as the filters left it.
+    pub fn response_header(&self, name: &str) -> Option<&str> {
+        first_line(&self.response_headers, name)
+    }
+
     /// A property as the stream ended with it, as text.
     pub fn property(&self, dotted: &str) -> Option<String> {
         self.properties.get(dotted).map(|v| String::from_utf8_lossy(v).into_owned())
@@ -57,6 +67,10 @@ impl RequestCost {
     pub fn total_host_calls(&self) -> u32 {
         self.host_calls.values().sum()
     }
+}
+
+fn first_line<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
 }
 
 /// What the filters of one chain share about one stream.

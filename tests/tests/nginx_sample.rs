@@ -79,12 +79,9 @@ fn served(cost: &RequestCost) -> String {
     format!("{ip}:{}", cost.property("upstream.port").unwrap_or_default())
 }
 
-fn header<'a>(cost: &'a RequestCost, name: &str) -> Option<&'a str> {
-    cost.response_headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
-}
-
 fn cookie_of(cost: &RequestCost) -> String {
-    let set = header(cost, "set-cookie").unwrap_or_else(|| panic!("no Set-Cookie: {:?}", cost.response_headers));
+    let set =
+        cost.response_header("set-cookie").unwrap_or_else(|| panic!("no Set-Cookie: {:?}", cost.response_headers));
     set.split(';').next().unwrap_or_default().to_string()
 }
 
@@ -122,26 +119,23 @@ fn through_the_sample_sessions_stick_git_is_pinned_and_a_failed_node_s_sessions_
 
     let first = request(&mut chain, "/project/1", None);
     assert_eq!(served(&first), "127.0.0.1:8002", "the pool chose");
-    assert_eq!(header(&first, "x-served-by"), Some("server-pro-ha-2"));
-    assert!(header(&first, "strict-transport-security").is_some_and(|v| v.contains("preload")));
+    assert_eq!(first.response_header("x-served-by"), Some("server-pro-ha-2"));
+    assert!(first.response_header("strict-transport-security").is_some_and(|v| v.contains("preload")));
     let cookie = cookie_of(&first);
     assert!(cookie.starts_with("server-pro-ha="), "{cookie}");
-    let forwarded = |c: &RequestCost, name: &str| {
-        c.request_headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.clone())
-    };
-    assert_eq!(forwarded(&first, "x-forwarded-proto").as_deref(), Some("https"));
-    assert_eq!(forwarded(&first, "x-forwarded-for").as_deref(), Some("203.0.113.7"));
+    assert_eq!(first.request_header("x-forwarded-proto"), Some("https"));
+    assert_eq!(first.request_header("x-forwarded-for"), Some("203.0.113.7"));
 
     for path in ["/project/1/compile", "/socket.io/1/"] {
         let again = request(&mut chain, path, Some(&cookie));
         assert_eq!(again.property("ngx.tether_node").as_deref(), Some("127.0.0.1:8002"), "{path}");
         assert_eq!(served(&again), "127.0.0.1:8002", "{path}");
-        assert_eq!(header(&again, "set-cookie"), None, "{path}");
+        assert_eq!(again.response_header("set-cookie"), None, "{path}");
     }
     let git = request(&mut chain, "/git/p.git/info/refs", Some(&cookie));
     assert_eq!(served(&git), "127.0.0.1:8001", "git goes to the git-bridge sibling");
     assert_eq!(git.property("wasmx.tether_routed_by").as_deref(), Some("path-pin"));
-    assert_eq!(header(&git, "set-cookie"), None, "a pinned request leaves the session alone");
+    assert_eq!(git.response_header("set-cookie"), None, "a pinned request leaves the session alone");
 
     // server-pro-ha-2 fails: its group's first backup serves, and the session moves there, once.
     for vm in &mut chain {
@@ -151,11 +145,11 @@ fn through_the_sample_sessions_stick_git_is_pinned_and_a_failed_node_s_sessions_
     }
     let moved = request(&mut chain, "/project/1", Some(&cookie));
     assert_eq!(served(&moved), "127.0.0.1:8001");
-    assert_eq!(header(&moved, "x-served-by"), Some("server-pro-ha-1"));
+    assert_eq!(moved.response_header("x-served-by"), Some("server-pro-ha-1"));
     let moved_cookie = cookie_of(&moved);
     let after = request(&mut chain, "/project/1", Some(&moved_cookie));
     assert_eq!(after.property("ngx.tether_node").as_deref(), Some("127.0.0.1:8001"));
-    assert_eq!(header(&after, "set-cookie"), None, "moved once");
+    assert_eq!(after.response_header("set-cookie"), None, "moved once");
 
     // 413 over the guide's 50 MB, declared.
     let mut big = get("/upload", None);

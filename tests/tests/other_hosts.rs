@@ -20,10 +20,6 @@ fn run(vm: &mut FilterVm, exchange: &Exchange) -> RequestCost {
     costs.pop().unwrap_or_else(|| panic!("no cost"))
 }
 
-fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
-}
-
 fn without_property(mut exchange: Exchange, path: &[&str]) -> Exchange {
     exchange.properties.retain(|(p, _)| p != path);
     exchange
@@ -50,9 +46,9 @@ fn forwarded_fails_closed_when_the_host_gives_no_readable_peer() {
     for exchange in [absent, with_source(forged(get("/", None)), "unix:/run/envoy.sock")] {
         let cost = run(&mut forwarded, &exchange);
         for name in ["x-forwarded-for", "x-real-ip", "forwarded"] {
-            assert_eq!(header(&cost.request_headers, name), None, "{name}: {:?}", cost.request_headers);
+            assert_eq!(cost.request_header(name), None, "{name}: {:?}", cost.request_headers);
         }
-        assert_eq!(header(&cost.request_headers, "x-forwarded-proto"), Some("http"));
+        assert_eq!(cost.request_header("x-forwarded-proto"), Some("http"));
     }
     forwarded.tick().unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(forwarded.metric("tether_forwarded.unreadable_peer"), 2);
@@ -67,19 +63,19 @@ fn a_bare_ip_peer_and_mixed_case_names_read_as_on_envoy() {
     let mut exchange = with_source(get("/", None), "127.0.0.1");
     exchange.request_headers.push(("X-Forwarded-For".into(), "203.0.113.9".into()));
     let cost = run(&mut forwarded, &exchange);
-    assert_eq!(header(&cost.request_headers, "x-forwarded-for"), Some("203.0.113.9, 127.0.0.1"));
-    assert_eq!(header(&cost.request_headers, "x-real-ip"), Some("203.0.113.9"), "the trusted chain was read");
+    assert_eq!(cost.request_header("x-forwarded-for"), Some("203.0.113.9, 127.0.0.1"));
+    assert_eq!(cost.request_header("x-real-ip"), Some("203.0.113.9"), "the trusted chain was read");
     // A returning user's `Cookie` in the client's case still pins the session.
     let affinity_config = OverleafFilters::new(&nodes_table()).affinity;
     let mut affinity = vm("affinity", &affinity_config, &HostOptions::default());
     let first = run(&mut affinity, &get("/", None));
-    let cookie = header(&first.response_headers, "set-cookie").and_then(|c| c.split(';').next());
+    let cookie = first.response_header("set-cookie").and_then(|c| c.split(';').next());
     let cookie = cookie.unwrap_or_else(|| panic!("no cookie: {:?}", first.response_headers)).to_string();
     let mut returning = get("/", None);
     returning.request_headers.push(("Cookie".into(), cookie));
     let cost = run(&mut affinity, &returning);
-    assert!(header(&cost.request_headers, SESSION_HEADER).is_some(), "not pinned: {:?}", cost.request_headers);
-    assert_eq!(header(&cost.request_headers, "cookie"), None, "indirect: our cookie never reaches the backend");
+    assert!(cost.request_header(SESSION_HEADER).is_some(), "not pinned: {:?}", cost.request_headers);
+    assert_eq!(cost.request_header("cookie"), None, "indirect: our cookie never reaches the backend");
 }
 
 #[test]
@@ -90,16 +86,16 @@ fn a_refused_property_or_a_missing_one_is_not_a_trap() {
     let filters = OverleafFilters::new(&nodes_table());
     let mut path_pin = vm("path-pin", &filters.path_pin, &refuses);
     let cost = run(&mut path_pin, &get("/git/project.git/info/refs", None));
-    assert!(header(&cost.request_headers, SESSION_HEADER).is_some(), "{:?}", cost.request_headers);
+    assert!(cost.request_header(SESSION_HEADER).is_some(), "{:?}", cost.request_headers);
     assert_eq!(cost.host_calls.get("proxy_set_property"), Some(&1));
     let mut uri_hash = vm("uri-hash", &filters.uri_hash, &refuses);
     let cost = run(&mut uri_hash, &get("/project/5f3c/output/output.pdf", None));
-    assert!(header(&cost.request_headers, SESSION_HEADER).is_some(), "{:?}", cost.request_headers);
+    assert!(cost.request_header(SESSION_HEADER).is_some(), "{:?}", cost.request_headers);
     // No destination.port: no X-Forwarded-Port, and nothing else lost.
     let mut forwarded = vm("forwarded", r#"{}"#, &HostOptions::default());
     let cost = run(&mut forwarded, &without_property(get("/", None), &["destination", "port"]));
-    assert_eq!(header(&cost.request_headers, "x-forwarded-port"), None);
-    assert_eq!(header(&cost.request_headers, "x-forwarded-for"), Some("127.0.0.1"));
+    assert_eq!(cost.request_header("x-forwarded-port"), None);
+    assert_eq!(cost.request_header("x-forwarded-for"), Some("127.0.0.1"));
 }
 
 #[test]
@@ -113,12 +109,7 @@ fn a_bare_upstream_address_is_joined_with_upstream_port() {
         exchange.properties.push((vec!["upstream".into(), "address".into()], b"127.0.0.1".to_vec()));
         exchange.properties.push((vec!["upstream".into(), "port".into()], port));
         let cost = run(&mut forwarded, &exchange);
-        assert_eq!(
-            header(&cost.response_headers, "x-served-by"),
-            Some("server-pro-ha-1"),
-            "{:?}",
-            cost.response_headers
-        );
+        assert_eq!(cost.response_header("x-served-by"), Some("server-pro-ha-1"), "{:?}", cost.response_headers);
     }
     forwarded.tick().unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(forwarded.metric("tether_forwarded.unknown_upstream"), 0);
@@ -149,7 +140,7 @@ fn on_nginx(path: &str, cookie: Option<&str>, served: &str) -> Exchange {
 }
 
 fn set_cookie(cost: &RequestCost) -> Option<String> {
-    header(&cost.response_headers, "set-cookie").and_then(|c| c.split(';').next()).map(str::to_string)
+    cost.response_header("set-cookie").and_then(|c| c.split(';').next()).map(str::to_string)
 }
 
 #[test]
@@ -211,7 +202,7 @@ fn on_nginx_edits_go_one_by_one_so_no_request_line_reaches_the_backend_twice() {
     names.dedup();
     assert_eq!(names.len(), before, "a line twice: {:?}", cost.request_headers);
     assert!(cost.property("ngx.tether_node").is_some(), "uri-hash routed: {:?}", cost.properties);
-    assert_eq!(header(&cost.request_headers, "x-forwarded-for"), Some("127.0.0.1"), "the forged value is gone");
+    assert_eq!(cost.request_header("x-forwarded-for"), Some("127.0.0.1"), "the forged value is gone");
 }
 
 #[test]
@@ -221,7 +212,7 @@ fn on_nginx_an_undeclared_tether_node_is_counted_and_said_once() {
     let mut path_pin = vm("path-pin", &filters.path_pin, &undeclared);
     for _ in 0..2 {
         let cost = run(&mut path_pin, &on_nginx("/git/p.git/info/refs", None, NODES[1].1));
-        assert!(header(&cost.request_headers, SESSION_HEADER).is_some(), "the request still goes on");
+        assert!(cost.request_header(SESSION_HEADER).is_some(), "the request still goes on");
     }
     path_pin.tick().unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(path_pin.metric("tether_routing.nginx_variable_refused"), 2);
@@ -237,9 +228,9 @@ fn on_nginx_forged_forwarding_headers_are_emptied_and_a_repeated_one_is_refused(
     let mut forwarded = vm("forwarded", r#"{"forwarded": false}"#, &nginx(&[]));
     let cost = run(&mut forwarded, &forged(on_nginx("/", None, NODES[0].1)));
     assert_eq!(cost.local_reply, None);
-    assert_eq!(header(&cost.request_headers, "forwarded"), Some(""), "{:?}", cost.request_headers);
-    assert_eq!(header(&cost.request_headers, "x-forwarded-for"), Some("127.0.0.1"));
-    assert_eq!(header(&cost.request_headers, "x-real-ip"), Some("127.0.0.1"));
+    assert_eq!(cost.request_header("forwarded"), Some(""), "{:?}", cost.request_headers);
+    assert_eq!(cost.request_header("x-forwarded-for"), Some("127.0.0.1"));
+    assert_eq!(cost.request_header("x-real-ip"), Some("127.0.0.1"));
     let mut twice = forged(on_nginx("/", None, NODES[0].1));
     twice.request_headers.push(("x-forwarded-for".into(), "5.5.5.5".into()));
     let cost = run(&mut forwarded, &twice);
