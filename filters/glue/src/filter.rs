@@ -156,9 +156,19 @@ impl<F: Filter, H: Host> Stream<F, H> {
         Action::Pause
     }
 
+    /// One header map, in one host call. Envoy's names are lower case already; another host's
+    /// are lowered here, as policies look them up.
+    fn read(&self, map: Map) -> HeaderMap {
+        let raw = self.host.header_map(map);
+        match self.host.kind() {
+            HostKind::Envoy => HeaderMap::from_lowercase_raw(raw),
+            HostKind::Nginx => HeaderMap::from_raw(raw),
+        }
+    }
+
     pub fn request_headers(&mut self, end_of_stream: bool) -> Action {
         let mut headers = if self.filter.reads_request_headers(end_of_stream) {
-            HeaderMap::from_raw(self.host.header_map(Map::Request))
+            self.read(Map::Request)
         } else {
             HeaderMap::default()
         };
@@ -180,7 +190,7 @@ impl<F: Filter, H: Host> Stream<F, H> {
     }
 
     pub fn response_headers(&mut self) -> Action {
-        let mut headers = HeaderMap::from_raw(self.host.header_map(Map::Response));
+        let mut headers = self.read(Map::Response);
         self.memo.echo = self.filter.session_header().and_then(|h| headers.get(h)).map(<[u8]>::to_vec);
         let mut cx = Callback::new(&mut headers, &self.host, &mut self.memo);
         self.filter.on_response(&mut self.request, &mut cx);
