@@ -158,19 +158,7 @@ impl HeaderMap {
     pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
         let replaced = |name: &[u8]| self.edits.iter().any(|(n, e)| n.as_bytes() == name && !matches!(e, Edit::Add(_)));
         let original = self.original().filter(move |(n, _)| !replaced(n));
-        let edited = self.edits.iter().enumerate().filter_map(move |(i, (n, e))| {
-            let value = match e {
-                Edit::Set(v) | Edit::Add(v) => &**v,
-                Edit::Remove => return None,
-            };
-            // A later Set or Remove of the same name took this line away.
-            let superseded = self
-                .edits
-                .get(i + 1..)
-                .is_some_and(|later| later.iter().any(|(m, f)| m == n && !matches!(f, Edit::Add(_))));
-            (!superseded).then_some((n.as_bytes(), value))
-        });
-        original.chain(edited)
+        original.chain(self.surviving_edits())
     }
 
     /// The first line named `name` (lower case), as Envoy's `get_header_map_value` answers.
@@ -241,12 +229,107 @@ impl HeaderMap {
         out
     }
 
-    /// The whole map as it is now, in the host's encoding.
+    /// The whole map as it is now, in the host's encoding (what [`HeaderMap::iter`] yields).
+    ///
+    /// The host's lines that no edit took away are still in the host's encoding in `raw`, and
+    /// consecutive ones lie side by side: each run of them is copied in two moves (its sizes,
+    /// its names and values) instead of line by line. Edits rarely split the map into more than
+    /// a few runs.
     pub fn encoded(&self) -> Vec<u8> {
-        // Collected once (iter() weighs each line against the edits), into room for every line.
-        let mut lines = Vec::with_capacity(self.lines.len() + self.edits.len());
-        lines.extend(self.iter());
+        let (Some(taken), Some(surviving)) = (self.taken_lines(), self.surviving_edit_mask()) else {
+            return self.encoded_line_by_line();
+        };
+        let edited = || {
+            let bit = |i: usize| surviving & (1 << i) != 0;
+            self.edits.iter().enumerate().filter(move |(i, _)| bit(*i)).filter_map(|(_, (n, e))| match e {
+                Edit::Set(v) | Edit::Add(v) => Some((n.as_bytes(), &**v)),
+                Edit::Remove => None,
+            })
+        };
+        let lines = self.lines.len() - taken.count_ones() as usize + surviving.count_ones() as usize;
+        // Room for the whole host buffer and every line the edits add: at most a few bytes over.
+        let added: usize = edited().map(|(k, v)| 8 + k.len() + v.len() + 2).sum();
+        let mut out = Vec::with_capacity(self.raw.len() + added);
+        out.extend_from_slice(&u32::try_from(lines).unwrap_or(u32::MAX).to_le_bytes());
+        for run in runs(self.lines.len(), taken) {
+            out.extend_from_slice(self.raw.get(4 + 8 * run.start..4 + 8 * run.end).unwrap_or_default());
+        }
+        for (k, v) in edited() {
+            out.extend_from_slice(&u32::try_from(k.len()).unwrap_or(u32::MAX).to_le_bytes());
+            out.extend_from_slice(&u32::try_from(v.len()).unwrap_or(u32::MAX).to_le_bytes());
+        }
+        for run in runs(self.lines.len(), taken) {
+            out.extend_from_slice(self.run_data(run));
+        }
+        for (k, v) in edited() {
+            out.extend_from_slice(k);
+            out.push(0);
+            out.extend_from_slice(v);
+            out.push(0);
+        }
+        out
+    }
+
+    /// [`HeaderMap::encoded`] for a map too long for [`HeaderMap::taken_lines`].
+    #[cold]
+    fn encoded_line_by_line(&self) -> Vec<u8> {
+        let lines: Vec<_> = self.iter().collect();
         HeaderMap::encode(&lines)
+    }
+
+    /// The host's lines a `Set` or `Remove` took away, one bit each; `None` past 64 lines.
+    fn taken_lines(&self) -> Option<u64> {
+        if self.lines.len() > 64 {
+            return None;
+        }
+        let mut taken = 0u64;
+        for (name, _) in self.edits.iter().filter(|(_, e)| !matches!(e, Edit::Add(_))) {
+            for (i, (n, _)) in self.lines.iter().enumerate() {
+                if n.len() == name.len() && self.raw.get(n.clone()) == Some(name.as_bytes()) {
+                    taken |= 1 << i;
+                }
+            }
+        }
+        Some(taken)
+    }
+
+    /// [`HeaderMap::surviving_edits`] as one bit per edit; `None` past 64 edits.
+    fn surviving_edit_mask(&self) -> Option<u64> {
+        if self.edits.len() > 64 {
+            return None;
+        }
+        let mut surviving = 0u64;
+        for (i, (n, e)) in self.edits.iter().enumerate() {
+            let later = self.edits.get(i + 1..).unwrap_or_default();
+            if !matches!(e, Edit::Remove) && !later.iter().any(|(m, f)| !matches!(f, Edit::Add(_)) && m == n) {
+                surviving |= 1 << i;
+            }
+        }
+        Some(surviving)
+    }
+
+    /// The lines the edits leave, in order: each `Set` or `Add` no later `Set` or `Remove` of
+    /// its name took away.
+    fn surviving_edits(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        self.edits.iter().enumerate().filter_map(move |(i, (n, e))| {
+            let value = match e {
+                Edit::Set(v) | Edit::Add(v) => &**v,
+                Edit::Remove => return None,
+            };
+            let later = self.edits.get(i + 1..).unwrap_or_default();
+            let superseded = later.iter().any(|(m, f)| !matches!(f, Edit::Add(_)) && m == n);
+            (!superseded).then_some((n.as_bytes(), value))
+        })
+    }
+
+    /// The names and values of host lines `run`, NUL-terminated, as they lie in `raw`.
+    fn run_data(&self, run: Range<usize>) -> &[u8] {
+        let (Some((first, _)), Some((_, last))) =
+            (self.lines.get(run.start), run.end.checked_sub(1).and_then(|l| self.lines.get(l)))
+        else {
+            return &[];
+        };
+        self.raw.get(first.start..last.end + 1).unwrap_or_default()
     }
 
     /// How many lines named `name` (lower case) the host handed over, before any edit.
@@ -264,6 +347,21 @@ impl HeaderMap {
     fn original(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
         self.lines.iter().filter_map(|(name, value)| Some((self.raw.get(name.clone())?, self.raw.get(value.clone())?)))
     }
+}
+
+/// The runs of consecutive lines among `count` whose bit in `taken` is clear.
+fn runs(count: usize, taken: u64) -> impl Iterator<Item = Range<usize>> {
+    let mut at = 0;
+    std::iter::from_fn(move || {
+        while at < count && taken & (1 << at) != 0 {
+            at += 1;
+        }
+        let start = at;
+        while at < count && taken & (1 << at) == 0 {
+            at += 1;
+        }
+        (start < at).then_some(start..at)
+    })
 }
 
 /// The value of the first `Add` of `name` among `edits`.
@@ -369,6 +467,41 @@ mod tests {
         map.edit("x-b", Edit::Remove);
         assert_eq!(map.get("x-b"), None);
         assert_eq!(HeaderMap::from_raw(map.encoded()).iter().count(), 4);
+    }
+
+    #[test]
+    fn the_encoding_is_what_iter_reads_whatever_the_edits() {
+        let host = [("x-a", "1"), ("cookie", "a=1"), ("x-b", "2"), ("cookie", "b=2"), ("x-c", "3"), ("x-a", "4")];
+        let names = ["x-a", "cookie", "x-b", "x-c", "x-new"];
+        let edits = |n: usize| match n % 3 {
+            0 => Edit::Set("s".into()),
+            1 => Edit::Remove,
+            _ => Edit::Add("a".into()),
+        };
+        // Every pair of edits on every pair of names, after a first edit: runs split at each place.
+        for first in 0..15 {
+            for second in 0..15 {
+                let mut map = HeaderMap::from_pairs(host);
+                map.edit(names[first % 5], edits(first / 5));
+                map.edit(names[second % 5], edits(second / 5));
+                let back = HeaderMap::from_raw(map.encoded());
+                assert_eq!(lines(&back), lines(&map), "edits {first} then {second}");
+            }
+        }
+        // Past 64 lines, line by line.
+        let many: Vec<(String, String)> = (0..200).map(|i| (format!("x-{i}"), i.to_string())).collect();
+        let mut map = HeaderMap::from_pairs(many.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        map.edit("x-150", Edit::Remove);
+        map.edit("x-new", Edit::Set("n".into()));
+        assert_eq!(lines(&HeaderMap::from_raw(map.encoded())), lines(&map));
+        assert_eq!(map.len(), 200);
+        // Past 64 edits, too.
+        let mut map = HeaderMap::from_pairs(host);
+        for (i, (k, _)) in many.iter().take(70).enumerate() {
+            map.edit(k.clone(), if i % 7 == 0 { Edit::Remove } else { Edit::Add("v".into()) });
+        }
+        map.edit("x-a", Edit::Remove);
+        assert_eq!(lines(&HeaderMap::from_raw(map.encoded())), lines(&map));
     }
 
     #[test]
