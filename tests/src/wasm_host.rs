@@ -95,6 +95,7 @@ struct HostState {
     tick_period_ms: u32,
     refuses_tick: bool,
     refuses_set_property: bool,
+    another_host: bool,
     nginx: Option<Nginx>,
     calls: BTreeMap<String, u32>,
     log: Vec<String>,
@@ -122,6 +123,9 @@ pub struct HostOptions {
     /// Answer `NotFound` to `proxy_set_property` for paths it does not know, as nginx's
     /// ngx_wasm_module does for `tether.routed_by`.
     pub refuses_set_property: bool,
+    /// Answer as a proxy-wasm host that is neither Envoy nor nginx: no `xds.node.user_agent_name`
+    /// (Envoy's `envoy`), so Tether cannot count on lower-case header names.
+    pub another_host: bool,
     /// Answer as nginx with ngx_wasm_module does (../shared/DESIGN.md, "A second host", and
     /// its source, src/common/proxy_wasm/ngx_proxy_wasm_properties.c).
     pub nginx: Option<Nginx>,
@@ -169,6 +173,7 @@ impl FilterVm {
             environment: options.environment.clone(),
             refuses_tick: options.refuses_tick,
             refuses_set_property: options.refuses_set_property,
+            another_host: options.another_host,
             nginx: options.nginx.clone(),
             ..HostState::default()
         };
@@ -567,6 +572,10 @@ fn linker(engine: &Engine, module: &Module) -> Result<Linker<HostState>, String>
             let path = read(&c, path, path_len)?;
             if c.data().nginx.is_some() && path == b"ngx\0nginx_version" {
                 return hand_over(&mut c, b"1.27.4", ptr_out, size_out);
+            }
+            // Envoy sets its xDS node's user_agent_name; nginx has no `xds`.
+            if c.data().nginx.is_none() && !c.data().another_host && path == b"xds\0node\0user_agent_name" {
+                return hand_over(&mut c, b"envoy", ptr_out, size_out);
             }
             match c.data().stream.properties.get(&path).cloned() {
                 Some(value) => hand_over(&mut c, &value, ptr_out, size_out),

@@ -75,6 +75,12 @@ fn the_edge_module_runs_the_overleaf_chain_in_one_vm() {
     assert!(envoy.error_lines().is_empty(), "{:?}", envoy.error_lines());
     // The module asked which host it runs in (`ngx.nginx_version`) and Envoy said: not nginx.
     assert!(!envoy.log().contains("running on nginx"), "Envoy taken for nginx");
+    // ... and Envoy said it is Envoy (`xds.node.user_agent_name`): names are read as they come.
+    assert!(
+        envoy.log().contains("running on Envoy: header names read as they come"),
+        "Envoy not recognised: {:?}",
+        envoy.log().lines().filter(|l| l.contains("host did not say")).collect::<Vec<_>>()
+    );
 }
 
 #[test]

@@ -20,6 +20,11 @@ fn run(vm: &mut FilterVm, exchange: &Exchange) -> RequestCost {
     costs.pop().unwrap_or_else(|| panic!("no cost"))
 }
 
+/// A proxy-wasm host that is neither Envoy nor nginx (it does not say it lowers header names).
+fn another_host() -> HostOptions {
+    HostOptions { another_host: true, ..HostOptions::default() }
+}
+
 fn without_property(mut exchange: Exchange, path: &[&str]) -> Exchange {
     exchange.properties.retain(|(p, _)| p != path);
     exchange
@@ -41,7 +46,7 @@ fn forged(mut exchange: Exchange) -> Exchange {
 #[test]
 fn forwarded_fails_closed_when_the_host_gives_no_readable_peer() {
     let config = r#"{"forwarded": true}"#;
-    let mut forwarded = vm("forwarded", config, &HostOptions::default());
+    let mut forwarded = vm("forwarded", config, &another_host());
     let absent = without_property(forged(get("/", None)), &["source", "address"]);
     for exchange in [absent, with_source(forged(get("/", None)), "unix:/run/envoy.sock")] {
         let cost = run(&mut forwarded, &exchange);
@@ -59,7 +64,7 @@ fn forwarded_fails_closed_when_the_host_gives_no_readable_peer() {
 fn a_bare_ip_peer_and_mixed_case_names_read_as_on_envoy() {
     // ngx_wasm_module: `source.address` without a port, names as the client wrote them.
     let config = r#"{"trusted_proxies": ["127.0.0.0/8"]}"#;
-    let mut forwarded = vm("forwarded", config, &HostOptions::default());
+    let mut forwarded = vm("forwarded", config, &another_host());
     let mut exchange = with_source(get("/", None), "127.0.0.1");
     exchange.request_headers.push(("X-Forwarded-For".into(), "203.0.113.9".into()));
     let cost = run(&mut forwarded, &exchange);
@@ -67,7 +72,7 @@ fn a_bare_ip_peer_and_mixed_case_names_read_as_on_envoy() {
     assert_eq!(cost.request_header("x-real-ip"), Some("203.0.113.9"), "the trusted chain was read");
     // A returning user's `Cookie` in the client's case still pins the session.
     let affinity_config = OverleafFilters::new(&nodes_table()).affinity;
-    let mut affinity = vm("affinity", &affinity_config, &HostOptions::default());
+    let mut affinity = vm("affinity", &affinity_config, &another_host());
     let first = run(&mut affinity, &get("/", None));
     let cookie = first.response_header("set-cookie").and_then(|c| c.split(';').next());
     let cookie = cookie.unwrap_or_else(|| panic!("no cookie: {:?}", first.response_headers)).to_string();

@@ -156,13 +156,13 @@ impl<F: Filter, H: Host> Stream<F, H> {
         Action::Pause
     }
 
-    /// One header map, in one host call. Envoy's names are lower case already; another host's
-    /// are lowered here, as policies look them up.
+    /// One header map, in one host call, its names lower case as policies look them up.
     fn read(&self, map: Map) -> HeaderMap {
         let raw = self.host.header_map(map);
-        match self.host.kind() {
-            HostKind::Envoy => HeaderMap::from_lowercase_raw(raw),
-            HostKind::Nginx => HeaderMap::from_raw(raw),
+        if self.host.lowercase_names() {
+            HeaderMap::from_lowercase_raw(raw)
+        } else {
+            HeaderMap::from_raw(raw)
         }
     }
 
@@ -275,6 +275,8 @@ mod tests {
     #[derive(Default)]
     struct MockHost {
         nginx: bool,
+        /// Not known to lower header names (not Envoy).
+        keeps_case: bool,
         calls: RefCell<Vec<String>>,
         request: RefCell<Vec<u8>>,
         response: RefCell<Vec<u8>>,
@@ -303,6 +305,9 @@ mod tests {
             } else {
                 HostKind::Envoy
             }
+        }
+        fn lowercase_names(&self) -> bool {
+            !self.keeps_case
         }
         fn header_map(&self, map: Map) -> Vec<u8> {
             self.call(format!("read {map:?}"));
@@ -398,6 +403,21 @@ mod tests {
         assert_eq!(written.get("x-forwarded-proto"), Some(&b"https"[..]));
         assert_eq!(written.get("x-real-ip"), None);
         assert_eq!(written.get(":path"), Some(&b"/"[..]));
+    }
+
+    #[test]
+    fn names_in_the_clients_case_are_lowered_unless_the_host_is_envoy() {
+        // A forged `X-Real-IP` that a plan removes: on a host that keeps the client's case it
+        // must not pass (whole-map write: the line is gone, whatever its case).
+        let mut request = Plan::default();
+        request.remove("x-real-ip");
+        request.set("x-forwarded-proto", "https");
+        let host = MockHost { keeps_case: true, ..MockHost::default() };
+        *host.request.borrow_mut() = HeaderMap::encode(&[(b":path", b"/"), (b"X-Real-IP", b"1.1.1.1")]);
+        run(Scripted { request, ..Scripted::default() }, &host);
+        let written = HeaderMap::from_raw(host.request.borrow().clone());
+        assert_eq!(written.get("x-real-ip"), None, "{:?}", written.iter().collect::<Vec<_>>());
+        assert_eq!(written.len(), 2);
     }
 
     #[test]

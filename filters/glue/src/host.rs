@@ -26,6 +26,9 @@ pub enum HostKind {
 pub trait Host {
     /// The host this module runs in.
     fn kind(&self) -> HostKind;
+    /// Whether the host is known to hand over header names in lower case only (Envoy): then they
+    /// are read as they come. Any other host's are lowered as they are read.
+    fn lowercase_names(&self) -> bool;
     /// The whole map in proxy-wasm's encoding, in one call (empty if the host has none).
     fn header_map(&self, map: Map) -> Vec<u8>;
     /// Replaces every line of `name` with `value`, or with `None` removes them.
@@ -79,6 +82,10 @@ pub mod property {
     pub const NGINX_NODE: &[u8] = b"ngx\0tether_node";
     /// Answered only by nginx: how a module tells it runs there.
     pub const NGINX_VERSION: &[u8] = b"ngx\0nginx_version";
+    /// The xDS node's `user_agent_name`, which Envoy sets to `envoy`: how a module tells it
+    /// runs in Envoy (Istio's and Envoy Gateway's proxies are Envoy builds). Envoy 1.40 answers
+    /// it under `xds` only (`node.user_agent_name` is NotFound).
+    pub const NODE_USER_AGENT: &[u8] = b"xds\0node\0user_agent_name";
 
     /// `xds.upstream_host_metadata.filter_metadata.<filter>.<key>`: a value of the serving
     /// endpoint's EDS metadata (Envoy answers a string as its bytes).
@@ -96,6 +103,7 @@ thread_local! {
     // One answer per VM, asked on its first stream (outside a request nginx answers no dotted
     // property, so the root context cannot ask).
     static KIND: std::cell::Cell<Option<HostKind>> = const { std::cell::Cell::new(None) };
+    static LOWERCASE_NAMES: std::cell::Cell<Option<bool>> = const { std::cell::Cell::new(None) };
 }
 
 impl Host for ProxyWasmHost {
@@ -117,6 +125,27 @@ impl Host for ProxyWasmHost {
             };
             known.set(Some(kind));
             kind
+        })
+    }
+
+    /// Only a host that says it is Envoy: one host call per VM, on its first stream. A host that
+    /// is neither Envoy nor nginx may keep the client's case, and a name read in the wrong case
+    /// would let a forged header pass.
+    fn lowercase_names(&self) -> bool {
+        LOWERCASE_NAMES.with(|known| {
+            if let Some(known) = known.get() {
+                return known;
+            }
+            let envoy = raw::get_property(property::NODE_USER_AGENT).is_some_and(|agent| agent == b"envoy");
+            if envoy {
+                log::debug!("running on Envoy: header names read as they come, in lower case");
+            } else {
+                log::info!(
+                    "the host did not say it is Envoy (xds.node.user_agent_name): header names are lowered as read"
+                );
+            }
+            known.set(Some(envoy));
+            envoy
         })
     }
 

@@ -43,6 +43,9 @@ impl Host for &MemoryHost {
     fn kind(&self) -> HostKind {
         HostKind::Envoy
     }
+    fn lowercase_names(&self) -> bool {
+        true
+    }
     fn header_map(&self, map: Map) -> Vec<u8> {
         match map {
             Map::Request => self.request.borrow().clone(),
