@@ -5,6 +5,7 @@
 
 pub mod filter;
 pub mod host;
+pub mod pool;
 pub mod stream;
 pub mod vm;
 
@@ -13,13 +14,13 @@ pub use host::{Host, Map, ProxyWasmHost};
 pub use proxy_wasm;
 pub use stream::{Callback, StreamFacts};
 
-// Every Tether filter links this crate, so this is their allocator. A request allocates a few
-// dozen times (the SDK alone twice per header it hands over); with Rust's default dlmalloc an
-// allocation and its free cost ~2000 Wasm instructions, with talc ~870 (tests/src/wasm_host.rs
-// counts them). Envoy runs each VM on one thread, without Wasm atomics.
+// Every Tether filter links this crate, so this is their allocator: talc (an allocation and its
+// free ~870 Wasm instructions, against ~2000 with Rust's default dlmalloc) behind free lists per
+// small block size (crate::pool). Envoy runs each VM on one thread, without Wasm atomics.
 #[cfg(all(target_arch = "wasm32", not(target_feature = "atomics")))]
 #[global_allocator]
-static ALLOCATOR: talc::wasm::WasmDynamicTalc = talc::wasm::new_wasm_dynamic_allocator();
+static ALLOCATOR: pool::Pooled<talc::wasm::WasmDynamicTalc> =
+    pool::Pooled::new(talc::wasm::new_wasm_dynamic_allocator());
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::BufferType;
