@@ -570,6 +570,9 @@ fn linker(engine: &Engine, module: &Module) -> Result<Linker<HostState>, String>
         |mut c: Caller<'_, HostState>, path: i32, path_len: i32, ptr_out: i32, size_out: i32| -> HostResult {
             count(&mut c, "proxy_get_property");
             let path = read(&c, path, path_len)?;
+            if std::env::var_os("TETHER_COST_TRACE").is_some() {
+                eprintln!("{:>12}   ({})", "", String::from_utf8_lossy(&path).replace('\0', "."));
+            }
             if c.data().nginx.is_some() && path == b"ngx\0nginx_version" {
                 return hand_over(&mut c, b"1.27.4", ptr_out, size_out);
             }

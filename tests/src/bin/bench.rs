@@ -445,18 +445,20 @@ fn main() {
 
     // Each arm proves it does its work; its load is a returning user with its session cookie.
     for arm in &mut arms {
-        let cookie = match arm.name.as_str() {
+        // The variant of tether-edge gets tether-edge's load and checks (a returning user).
+        let role = if arm.name == "tether-edge variant" { "tether-edge".to_string() } else { arm.name.clone() };
+        let cookie = match role.as_str() {
             "affinity" | "tether (all five)" | "tether-edge" | "envoy native" | "lua" => {
                 Some(session_cookie(arm, "SERVERID"))
             }
             "haproxy 2.6" => Some(session_cookie(arm, "server-pro-ha")),
             _ => None,
         };
-        match arm.name.as_str() {
+        match role.as_str() {
             "body-limit" | "tether (all five)" | "tether-edge" | "envoy native" | "lua" => refuses_oversized(arm),
             _ => {}
         }
-        match arm.name.as_str() {
+        match role.as_str() {
             "forwarded" => served_by_header(arm, ""),
             "edge-calls" => served_by_header(arm, ""),
             "tether (all five)" | "tether-edge" | "lua" | "haproxy 2.6" => {
