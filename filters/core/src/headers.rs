@@ -189,8 +189,12 @@ impl HeaderMap {
     }
 
     /// Records every edit of a plan, in order.
-    pub fn apply(&mut self, edits: impl IntoIterator<Item = NamedEdit>) {
-        self.edits.extend(edits);
+    pub fn apply(&mut self, edits: Vec<NamedEdit>) {
+        if self.edits.is_empty() {
+            self.edits = edits; // the first plan's edits as they are: no copy
+        } else {
+            self.edits.extend(edits);
+        }
     }
 
     /// The edits recorded so far, in order: what the host must be told.
