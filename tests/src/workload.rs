@@ -24,7 +24,7 @@ impl OverleafFilters {
     pub fn new(table: &str) -> OverleafFilters {
         OverleafFilters {
             forwarded: format!(
-                r#"{{"proto": "https", "hsts": {{"max_age": "730d", "include_subdomains": true, "preload": true}}, "served_by": {{"nodes": {table}}}}}"#
+                r#"{{"proto": "https", "forwarded_port": false, "hsts": {{"max_age": "730d", "include_subdomains": true, "preload": true}}, "served_by": {{"nodes": {table}}}}}"#
             ),
             body_limit: r#"{"default_limit": "50M"}"#.to_string(),
             path_pin: format!(
@@ -69,7 +69,7 @@ pub fn affinity_sealed() -> String {
 /// forwarded naming the endpoint from its metadata, the body limit, sealed affinity.
 pub fn edge_pods() -> String {
     format!(
-        r#"{{"forwarded": {{"proto": "https", "hsts": {{"max_age": "730d", "include_subdomains": true, "preload": true}}, "served_by": {{"endpoint_name": {{"filter_metadata": "tether", "key": "name"}}}}}}, "body_limit": {{"default_limit": "50M"}}, "affinity": {}}}"#,
+        r#"{{"forwarded": {{"proto": "https", "forwarded_port": false, "hsts": {{"max_age": "730d", "include_subdomains": true, "preload": true}}, "served_by": {{"endpoint_name": {{"filter_metadata": "tether", "key": "name"}}}}}}, "body_limit": {{"default_limit": "50M"}}, "affinity": {}}}"#,
         affinity_sealed()
     )
 }

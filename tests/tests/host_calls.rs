@@ -16,15 +16,17 @@ const PROJECT: &str = "/project/5f3c/output/output.pdf";
 
 // Host calls per request (target/bench/host-calls.md has the counts). Before the plans and the
 // one host adapter: forwarded 12, path-pin 4, uri-hash 10, affinity 9, tether-edge 16; before
-// counters and the clock moved to the tick: uri-hash 7, affinity 5, tether-edge 8.
-const BUDGET_FORWARDED: u32 = 7;
+// counters and the clock moved to the tick: uri-hash 7, affinity 5, tether-edge 8; before the
+// Overleaf samples stopped writing X-Forwarded-Port (destination.port): forwarded 7, edge 6.
+const BUDGET_FORWARDED: u32 = 6;
 const BUDGET_PATH_PIN: u32 = 3;
 const BUDGET_URI_HASH: u32 = 5;
 const BUDGET_AFFINITY: u32 = 3;
-const BUDGET_EDGE: u32 = 6;
+const BUDGET_EDGE: u32 = 5;
 // Wasm instructions, tether-edge's returning-user GET: 131k before the plans, 95k after them,
-// 98.9k with sealed cookies and the nginx rules. A change that needs more says why here.
-const BUDGET_EDGE_INSTRUCTIONS: u64 = 105_000;
+// 98.9k with sealed cookies and the nginx rules; 69.7k with the allocator's free lists, the
+// map copied by runs and Envoy's names read as they come. A change that needs more says why here.
+const BUDGET_EDGE_INSTRUCTIONS: u64 = 75_000;
 
 fn alone(filter: &str, path: &str) -> RequestCost {
     let filters = OverleafFilters::new(&nodes_table());
@@ -117,8 +119,8 @@ fn a_returning_users_pin_costs_no_property_read_on_the_response() {
     let one = edge("/");
     assert_eq!(
         calls(std::slice::from_ref(&one), "proxy_get_property"),
-        2,
-        "source.address and destination.port only: {:?}",
+        1,
+        "source.address only (the samples write no X-Forwarded-Port): {:?}",
         one.host_calls
     );
     // No session header came in, so nobody asks tether.routed_by; affinity, last by precedence,

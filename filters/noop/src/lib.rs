@@ -3,8 +3,8 @@
 //! request before a filter does any work (context creation, the header callbacks, log, delete).
 //!
 //! Configured `edge-calls`, it makes the host calls tether-edge makes for a returning user's GET,
-//! with as little Wasm as the SDK allows in between: the request map read, `source.address` and
-//! `destination.port` asked, the map written back with six headers set; the response map read
+//! with as little Wasm as the SDK allows in between: the request map read, `source.address`
+//! asked, the map written back with five headers set; the response map read
 //! and written back with two more. The benchmark's `edge-calls` arm: what those calls cost Envoy,
 //! apart from what tether-edge computes.
 
@@ -116,13 +116,11 @@ impl HttpContext for EdgeCalls {
     fn on_http_request_headers(&mut self, _: usize, _: bool) -> Action {
         let map = raw::map(0);
         let _peer = raw::property(b"source\0address");
-        let _port = raw::property(b"destination\0port");
         let set = [
             ("x-forwarded-for", "127.0.0.1"),
             ("x-real-ip", "127.0.0.1"),
             ("x-forwarded-proto", "https"),
             ("x-forwarded-host", "127.0.0.1"),
-            ("x-forwarded-port", "10000"),
             ("x-tether-session", "MTI3LjAuMC4xOjgwMDE="),
         ];
         raw::set_map(0, &with_lines(&map, &set));
