@@ -73,6 +73,11 @@ pub trait Facts {
     fn endpoint_metadata(&mut self, filter: &str, key: &str) -> Option<Vec<u8>>;
     /// Shared data (one copy per VM id, seen by every worker): value and its CAS token.
     fn shared_data(&mut self, key: &str) -> (Option<Vec<u8>>, Option<u32>);
+    /// Shared data as read at most one tick ago: one host call per tick per VM instead of one
+    /// per request; this VM's own writes are seen at once, another worker's within a tick. For
+    /// what every request reads and seldom changes (uri-hash's down list); a compare-and-swap
+    /// reads [`Facts::shared_data`].
+    fn recent_shared_data(&mut self, key: &str) -> Option<Vec<u8>>;
     /// Writes shared data if nobody changed it since `cas` was read; false on a lost race.
     fn set_shared_data(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> bool;
 }
@@ -130,6 +135,10 @@ impl Facts for FixedFacts {
     fn shared_data(&mut self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
         self.asked.push("shared_data");
         self.shared.iter().find(|(k, _, _)| k == key).map_or((None, None), |(_, v, c)| (Some(v.clone()), Some(*c)))
+    }
+    fn recent_shared_data(&mut self, key: &str) -> Option<Vec<u8>> {
+        self.asked.push("recent_shared_data");
+        self.shared.iter().find(|(k, _, _)| k == key).map(|(_, v, _)| v.clone())
     }
     fn set_shared_data(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> bool {
         self.asked.push("set_shared_data");

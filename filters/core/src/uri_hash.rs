@@ -327,7 +327,7 @@ impl UriHashPolicy {
             return (plan, request);
         };
         let now = facts.now_ms();
-        let down = DownList::parse(facts.shared_data(DOWN_KEY).0.as_deref());
+        let down = DownList::parse(facts.recent_shared_data(DOWN_KEY).as_deref());
         let Some(choice) = self.choose(key, |n| down.is_down(n, now)) else { return (plan, request) };
         if let (Some(value), Some(node)) = (table.session_values.get(choice.node), table.nodes.iter().nth(choice.node))
         {

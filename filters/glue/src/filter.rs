@@ -277,6 +277,8 @@ mod tests {
         nginx: bool,
         /// Not known to lower header names (not Envoy).
         keeps_case: bool,
+        /// The one shared-data value, whatever the key.
+        shared: RefCell<Option<Vec<u8>>>,
         calls: RefCell<Vec<String>>,
         request: RefCell<Vec<u8>>,
         response: RefCell<Vec<u8>>,
@@ -346,10 +348,13 @@ mod tests {
         fn send_reply(&self, reply: &LocalReply) {
             self.call(format!("reply {}", reply.status));
         }
-        fn shared_data(&self, _: &str) -> (Option<Vec<u8>>, Option<u32>) {
-            (None, None)
+        fn shared_data(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
+            self.call(format!("shared_data {key}"));
+            (self.shared.borrow().clone(), Some(1))
         }
-        fn set_shared_data(&self, _: &str, _: &[u8], _: Option<u32>) -> bool {
+        fn set_shared_data(&self, key: &str, value: &[u8], _: Option<u32>) -> bool {
+            self.call(format!("set_shared_data {key}"));
+            *self.shared.borrow_mut() = Some(value.to_vec());
             true
         }
     }
@@ -403,6 +408,37 @@ mod tests {
         assert_eq!(written.get("x-forwarded-proto"), Some(&b"https"[..]));
         assert_eq!(written.get("x-real-ip"), None);
         assert_eq!(written.get(":path"), Some(&b"/"[..]));
+    }
+
+    #[test]
+    fn shared_data_every_request_reads_is_read_once_per_tick_and_this_vms_writes_at_once() {
+        use crate::stream::{Memo, StreamFacts};
+        use tether_core::plan::Facts as _;
+        let host = MockHost::default();
+        *host.shared.borrow_mut() = Some(b"one".to_vec());
+        let facts = |memo: &mut Memo, f: &mut dyn FnMut(&mut StreamFacts<'_>) -> Option<Vec<u8>>| {
+            let h: &dyn Host = &&host;
+            f(&mut StreamFacts::new(h, memo))
+        };
+        let recent = |memo: &mut Memo| facts(memo, &mut |f| f.recent_shared_data("down"));
+        let reads = || host.calls().iter().filter(|c| *c == "shared_data down").count();
+        // Before the host ticks (it may never): every read asks.
+        recent(&mut Memo::default());
+        recent(&mut Memo::default());
+        assert_eq!(reads(), 2);
+        crate::vm::tick();
+        assert_eq!(recent(&mut Memo::default()).as_deref(), Some(&b"one"[..]));
+        *host.shared.borrow_mut() = Some(b"another worker's".to_vec());
+        assert_eq!(recent(&mut Memo::default()).as_deref(), Some(&b"one"[..]), "kept until the tick");
+        assert_eq!(reads(), 3);
+        // This VM's own write is seen at once, without a read.
+        facts(&mut Memo::default(), &mut |f| f.set_shared_data("down", b"mine", Some(1)).then(Vec::new));
+        assert_eq!(recent(&mut Memo::default()).as_deref(), Some(&b"mine"[..]));
+        assert_eq!(reads(), 3);
+        *host.shared.borrow_mut() = Some(b"another worker's".to_vec());
+        crate::vm::tick();
+        assert_eq!(recent(&mut Memo::default()).as_deref(), Some(&b"another worker's"[..]), "read anew");
+        assert_eq!(reads(), 4);
     }
 
     #[test]

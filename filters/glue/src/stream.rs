@@ -104,8 +104,17 @@ impl Facts for StreamFacts<'_> {
         self.host.shared_data(key)
     }
 
+    fn recent_shared_data(&mut self, key: &str) -> Option<Vec<u8>> {
+        let host = self.host;
+        crate::vm::recent_shared_data(key, || host.shared_data(key).0)
+    }
+
     fn set_shared_data(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> bool {
-        self.host.set_shared_data(key, value, cas)
+        let written = self.host.set_shared_data(key, value, cas);
+        if written {
+            crate::vm::wrote_shared_data(key, value);
+        }
+        written
     }
 }
 

@@ -1,5 +1,6 @@
-//! What one VM keeps between its streams: counter increments not yet handed to the host, and
-//! the wall clock read at most once per tick. Both trade a host call per request for at most
+//! What one VM keeps between its streams: counter increments not yet handed to the host, the
+//! wall clock read at most once per tick, and shared data that every request reads (uri-hash's
+//! down list) read at most once per tick. Both trade a host call per request for at most
 //! one per tick ([`TICK_MS`]): Envoy's `/stats` shows a count within one tick of the request
 //! that made it, and the clock that `maxidle` and the cookie's timestamp see is at most one tick
 //! old (both count whole seconds, as HAProxy does).
@@ -21,12 +22,19 @@ struct Vm {
     clock_ms: Cell<Option<u64>>,
     /// (metric id, increments not yet handed over), one slot per defined counter.
     pending: RefCell<Vec<(u32, u64)>>,
+    /// Shared data read (or written) since the last tick, by key.
+    shared: RefCell<Vec<(String, Option<Vec<u8>>)>>,
 }
 
 thread_local! {
     // Envoy gives each VM one thread; without Wasm atomics this is a plain static.
     static VM: Vm = const {
-        Vm { ticking: Cell::new(false), clock_ms: Cell::new(None), pending: RefCell::new(Vec::new()) }
+        Vm {
+            ticking: Cell::new(false),
+            clock_ms: Cell::new(None),
+            pending: RefCell::new(Vec::new()),
+            shared: RefCell::new(Vec::new()),
+        }
     };
 }
 
@@ -48,6 +56,7 @@ pub fn tick() {
     VM.with(|vm| {
         vm.ticking.set(true);
         vm.clock_ms.set(None);
+        vm.shared.borrow_mut().clear();
     });
     flush();
 }
@@ -76,6 +85,33 @@ pub fn now_ms() -> u64 {
             vm.clock_ms.set(Some(ms));
         }
         ms
+    })
+}
+
+/// Shared data `key` as this VM last read or wrote it in this tick, else as `read` answers
+/// (kept until the next tick while the host ticks; read every time if it does not).
+pub fn recent_shared_data(key: &str, read: impl FnOnce() -> Option<Vec<u8>>) -> Option<Vec<u8>> {
+    VM.with(|vm| {
+        if let Some((_, value)) = vm.shared.borrow().iter().find(|(k, _)| k == key) {
+            return value.clone();
+        }
+        let value = read();
+        if vm.ticking.get() {
+            vm.shared.borrow_mut().push((key.to_string(), value.clone()));
+        }
+        value
+    })
+}
+
+/// This VM wrote shared data `key`: its next reads in this tick see the value at once.
+pub fn wrote_shared_data(key: &str, value: &[u8]) {
+    VM.with(|vm| {
+        let mut shared = vm.shared.borrow_mut();
+        match shared.iter_mut().find(|(k, _)| k == key) {
+            Some((_, known)) => *known = Some(value.to_vec()),
+            None if vm.ticking.get() => shared.push((key.to_string(), Some(value.to_vec()))),
+            None => {}
+        }
     })
 }
 

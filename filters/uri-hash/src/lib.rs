@@ -4,7 +4,8 @@
 //! where its compile cache lives. When that node did not serve (Envoy fell back because it was
 //! unhealthy), the filter records it in shared data for `failover_cooldown`, and meanwhile
 //! sends that node's keys to their consistent alternative, the same on every worker, instead
-//! of letting the load balancer scatter one project over every node.
+//! of letting the load balancer scatter one project over every node. Each worker reads that list
+//! once per tick (every second), not per request, and sees its own failovers at once.
 //!
 //! A library: [`UriHash`] is the filter (tether-glue runs it; `module/` is its Wasm module,
 //! tether-edge runs it with the others). Every decision is `tether_core::uri_hash`'s.

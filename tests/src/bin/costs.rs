@@ -39,7 +39,9 @@ fn main() {
          Envoy (tests/src/wasm_host.rs): a returning user's GET, as in `scripts/bench`. Exact and repeatable; \
          each VM entry and host call costs Envoy roughly 1–4 µs on the benchmark machine. Counters and the \
          clock cost a host call per VM per tick (every second), not per request: the last column is what \
-         the tick after the two requests cost (one `increment_metric` per counter that moved).\n\n\
+         the tick after the two requests cost (one `increment_metric` per counter that moved). uri-hash's \
+         down list (shared data) is read once per tick too, by the first request after it: one more \
+         call per tick, not counted in that column.\n\n\
          | arm | VM entries | host calls | of which | Wasm instructions | per tick |\n|---|---|---|---|---|---|\n",
     );
     // COSTS_ONLY=affinity: one arm (with TETHER_COST_TRACE=1, its host calls in order).
