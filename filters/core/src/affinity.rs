@@ -539,43 +539,29 @@ fn endpoint_name_tail(name: &str) -> &str {
     name.get(start..).unwrap_or_default()
 }
 
-/// What the affinity filter needs from the request headers, read from the whole header map in
-/// one host call: every `Cookie` line (clients that send several lines, against RFC 6265, lose
-/// nothing), whether a session header came in, and the scheme.
+/// What the affinity filter needs from the request headers: every `Cookie` line (clients that
+/// send several lines, against RFC 6265, lose nothing) and the scheme. Three lookups, not a walk
+/// of every line against every name.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct RequestFacts {
     /// All `Cookie` lines joined with `"; "`, as HTTP/2 joins cookie crumbs.
     pub cookie: Option<Vec<u8>>,
-    /// How many `Cookie` lines there were (more than one means a rewrite merges them).
-    pub cookie_lines: usize,
-    pub session_header_present: bool,
     pub https: bool,
 }
 
 impl AffinityPolicy {
-    pub fn request_facts<'a>(&self, headers: impl IntoIterator<Item = (&'a [u8], &'a [u8])>) -> RequestFacts {
-        let mut facts = RequestFacts::default();
-        let (mut forwarded_proto, mut scheme) = (None, None);
-        for (name, value) in headers {
-            match name {
-                b"cookie" => {
-                    facts.cookie_lines += 1;
-                    match &mut facts.cookie {
-                        Some(joined) => {
-                            joined.extend_from_slice(b"; ");
-                            joined.extend_from_slice(value);
-                        }
-                        None => facts.cookie = Some(value.to_vec()),
-                    }
+    pub fn request_facts(&self, headers: &HeaderMap) -> RequestFacts {
+        let mut cookie: Option<Vec<u8>> = None;
+        for line in headers.all("cookie") {
+            match &mut cookie {
+                Some(joined) => {
+                    joined.extend_from_slice(b"; ");
+                    joined.extend_from_slice(line);
                 }
-                b"x-forwarded-proto" => forwarded_proto = forwarded_proto.or(Some(value)),
-                b":scheme" => scheme = Some(value),
-                n if n == self.session_header.name().as_bytes() => facts.session_header_present = true,
-                _ => {}
+                None => cookie = Some(line.to_vec()),
             }
         }
-        facts.https = is_https(forwarded_proto, scheme);
-        facts
+        RequestFacts { cookie, https: is_https(headers.get("x-forwarded-proto"), headers.get(":scheme")) }
     }
 }
 
@@ -634,7 +620,7 @@ impl AffinityPolicy {
             }
         }
         let cookie_name = self.cookie.name.as_str();
-        let request_facts = self.request_facts(headers.iter());
+        let request_facts = self.request_facts(headers);
         let claim = routing::claim(headers, &self.session_header, facts, &mut plan);
         let mut request = AffinityRequest { claim, https: request_facts.https, ..AffinityRequest::default() };
         if claim != Claim::DecidedEarlier {
@@ -1066,19 +1052,24 @@ mod tests {
     #[test]
     fn request_facts_join_every_cookie_line() {
         let p = policy(r#"{"format": "plain"}"#);
-        let h = |n: &'static str, v: &'static str| (n.as_bytes(), v.as_bytes());
-        let facts = p.request_facts([
-            h(":scheme", "http"),
-            h("cookie", "a=1"),
-            h("x-forwarded-proto", "https"),
-            h("cookie", "SERVERID=node-2; b=2"),
-            h("x-tether-session", "forged"),
-        ]);
+        let facts = p.request_facts(&HeaderMap::from_pairs([
+            (":scheme", "http"),
+            ("cookie", "a=1"),
+            ("x-forwarded-proto", "https"),
+            ("cookie", "SERVERID=node-2; b=2"),
+            ("x-tether-session", "forged"),
+        ]));
         assert_eq!(facts.cookie.as_deref(), Some(&b"a=1; SERVERID=node-2; b=2"[..]));
-        assert_eq!(facts.cookie_lines, 2);
-        assert!(facts.session_header_present && facts.https);
+        assert!(facts.https);
         assert!(matches!(p.read_cookie(facts.cookie.as_deref(), || 0), CookieState::Valid { node: 1, .. }));
-        assert_eq!(p.request_facts([h(":scheme", "https")]), RequestFacts { https: true, ..RequestFacts::default() });
+        let https = HeaderMap::from_pairs([(":scheme", "https")]);
+        assert_eq!(p.request_facts(&https), RequestFacts { https: true, ..RequestFacts::default() });
+        // A cookie line an earlier filter added counts; one it removed does not.
+        let mut edited = HeaderMap::from_pairs([("cookie", "a=1")]);
+        edited.edit("cookie", crate::headers::Edit::Add("SERVERID=node-1".into()));
+        assert_eq!(p.request_facts(&edited).cookie.as_deref(), Some(&b"a=1; SERVERID=node-1"[..]));
+        edited.edit("cookie", crate::headers::Edit::Remove);
+        assert_eq!(p.request_facts(&edited).cookie, None);
     }
 
     #[test]

@@ -176,7 +176,15 @@ impl HeaderMap {
 
     /// Every line named `name`, in order.
     pub fn all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
-        self.iter().filter(move |(n, _)| *n == name.as_bytes()).map(|(_, v)| v)
+        let name = name.as_bytes();
+        // One name: whether an edit took its host lines away is asked once, not per line.
+        let replaced = self.edits.iter().any(|(n, e)| n.as_bytes() == name && !matches!(e, Edit::Add(_)));
+        let original = self.original().filter(move |(n, _)| !replaced && *n == name).map(|(_, v)| v);
+        let edited = self.edits.iter().enumerate().filter(move |(_, (n, _))| n.as_bytes() == name);
+        original.chain(edited.filter_map(|(i, (_, e))| match e {
+            Edit::Set(v) | Edit::Add(v) if self.survives(i) => Some(&**v),
+            _ => None,
+        }))
     }
 
     pub fn contains(&self, name: &str) -> bool {
@@ -300,28 +308,23 @@ impl HeaderMap {
         if self.edits.len() > 64 {
             return None;
         }
-        let mut surviving = 0u64;
-        for (i, (n, e)) in self.edits.iter().enumerate() {
-            let later = self.edits.get(i + 1..).unwrap_or_default();
-            if !matches!(e, Edit::Remove) && !later.iter().any(|(m, f)| !matches!(f, Edit::Add(_)) && m == n) {
-                surviving |= 1 << i;
-            }
-        }
-        Some(surviving)
+        Some((0..self.edits.len()).filter(|&i| self.survives(i)).fold(0, |mask, i| mask | 1 << i))
     }
 
-    /// The lines the edits leave, in order: each `Set` or `Add` no later `Set` or `Remove` of
-    /// its name took away.
+    /// The lines the edits leave, in order.
     fn surviving_edits(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
-        self.edits.iter().enumerate().filter_map(move |(i, (n, e))| {
-            let value = match e {
-                Edit::Set(v) | Edit::Add(v) => &**v,
-                Edit::Remove => return None,
-            };
-            let later = self.edits.get(i + 1..).unwrap_or_default();
-            let superseded = later.iter().any(|(m, f)| !matches!(f, Edit::Add(_)) && m == n);
-            (!superseded).then_some((n.as_bytes(), value))
+        self.edits.iter().enumerate().filter_map(move |(i, (n, e))| match e {
+            Edit::Set(v) | Edit::Add(v) if self.survives(i) => Some((n.as_bytes(), &**v)),
+            _ => None,
         })
+    }
+
+    /// Whether edit `i` leaves a line: a `Set` or `Add` that no later `Set` or `Remove` of its
+    /// name took away.
+    fn survives(&self, i: usize) -> bool {
+        let Some((n, e)) = self.edits.get(i) else { return false };
+        let later = self.edits.get(i + 1..).unwrap_or_default();
+        !matches!(e, Edit::Remove) && !later.iter().any(|(m, f)| !matches!(f, Edit::Add(_)) && m == n)
     }
 
     /// The names and values of host lines `run`, NUL-terminated, as they lie in `raw`.
@@ -540,6 +543,10 @@ mod tests {
                 map.edit(names[second % 5], edits(second / 5));
                 let back = HeaderMap::from_raw(map.encoded());
                 assert_eq!(lines(&back), lines(&map), "edits {first} then {second}");
+                for name in names {
+                    let want: Vec<&[u8]> = map.iter().filter(|(n, _)| *n == name.as_bytes()).map(|(_, v)| v).collect();
+                    assert_eq!(map.all(name).collect::<Vec<_>>(), want, "{name} after edits {first} then {second}");
+                }
             }
         }
         // Past 64 lines, line by line.
