@@ -219,8 +219,7 @@ impl HeaderMap {
         self.len() == 0
     }
 
-    /// The host's encoding of `pairs`: what `from_raw` reads, and what
-    /// `proxy_set_header_map_pairs` takes.
+    /// The host's encoding of `pairs`: what `from_raw` reads (and a local reply's headers).
     pub fn encode(pairs: &[(&[u8], &[u8])]) -> Vec<u8> {
         let bytes: usize = pairs.iter().map(|(k, v)| k.len() + v.len() + 2).sum();
         // One allocation of the exact size: growing it line by line would reallocate and copy.
@@ -240,75 +239,9 @@ impl HeaderMap {
     }
 
     /// The whole map as it is now, in the host's encoding (what [`HeaderMap::iter`] yields).
-    ///
-    /// The host's lines that no edit took away are still in the host's encoding in `raw`, and
-    /// consecutive ones lie side by side: each run of them is copied in two moves (its sizes,
-    /// its names and values) instead of line by line. Edits rarely split the map into more than
-    /// a few runs.
     pub fn encoded(&self) -> Vec<u8> {
-        let (Some(taken), Some(surviving)) = (self.taken_lines(), self.surviving_edit_mask()) else {
-            return self.encoded_line_by_line();
-        };
-        let edited = || {
-            let bit = |i: usize| surviving & (1 << i) != 0;
-            self.edits.iter().enumerate().filter(move |(i, _)| bit(*i)).filter_map(|(_, (n, e))| match e {
-                Edit::Set(v) | Edit::Add(v) => Some((n.as_bytes(), &**v)),
-                Edit::Remove => None,
-            })
-        };
-        let lines = self.lines.len() - taken.count_ones() as usize + surviving.count_ones() as usize;
-        // Room for the whole host buffer and every line the edits add: at most a few bytes over.
-        let added: usize = edited().map(|(k, v)| 8 + k.len() + v.len() + 2).sum();
-        let mut out = Vec::with_capacity(self.raw.len() + added);
-        out.extend_from_slice(&u32::try_from(lines).unwrap_or(u32::MAX).to_le_bytes());
-        for run in runs(self.lines.len(), taken) {
-            out.extend_from_slice(self.raw.get(4 + 8 * run.start..4 + 8 * run.end).unwrap_or_default());
-        }
-        for (k, v) in edited() {
-            out.extend_from_slice(&u32::try_from(k.len()).unwrap_or(u32::MAX).to_le_bytes());
-            out.extend_from_slice(&u32::try_from(v.len()).unwrap_or(u32::MAX).to_le_bytes());
-        }
-        for run in runs(self.lines.len(), taken) {
-            out.extend_from_slice(self.run_data(run));
-        }
-        for (k, v) in edited() {
-            out.extend_from_slice(k);
-            out.push(0);
-            out.extend_from_slice(v);
-            out.push(0);
-        }
-        out
-    }
-
-    /// [`HeaderMap::encoded`] for a map too long for [`HeaderMap::taken_lines`].
-    #[cold]
-    fn encoded_line_by_line(&self) -> Vec<u8> {
         let lines: Vec<_> = self.iter().collect();
         HeaderMap::encode(&lines)
-    }
-
-    /// The host's lines a `Set` or `Remove` took away, one bit each; `None` past 64 lines.
-    fn taken_lines(&self) -> Option<u64> {
-        if self.lines.len() > 64 {
-            return None;
-        }
-        let mut taken = 0u64;
-        for (name, _) in self.edits.iter().filter(|(_, e)| !matches!(e, Edit::Add(_))) {
-            for (i, (n, _)) in self.lines.iter().enumerate() {
-                if n.len() == name.len() && self.raw.get(n.clone()) == Some(name.as_bytes()) {
-                    taken |= 1 << i;
-                }
-            }
-        }
-        Some(taken)
-    }
-
-    /// [`HeaderMap::surviving_edits`] as one bit per edit; `None` past 64 edits.
-    fn surviving_edit_mask(&self) -> Option<u64> {
-        if self.edits.len() > 64 {
-            return None;
-        }
-        Some((0..self.edits.len()).filter(|&i| self.survives(i)).fold(0, |mask, i| mask | 1 << i))
     }
 
     /// The lines the edits leave, in order.
@@ -325,16 +258,6 @@ impl HeaderMap {
         let Some((n, e)) = self.edits.get(i) else { return false };
         let later = self.edits.get(i + 1..).unwrap_or_default();
         !matches!(e, Edit::Remove) && !later.iter().any(|(m, f)| !matches!(f, Edit::Add(_)) && m == n)
-    }
-
-    /// The names and values of host lines `run`, NUL-terminated, as they lie in `raw`.
-    fn run_data(&self, run: Range<usize>) -> &[u8] {
-        let (Some((first, _)), Some((_, last))) =
-            (self.lines.get(run.start), run.end.checked_sub(1).and_then(|l| self.lines.get(l)))
-        else {
-            return &[];
-        };
-        self.raw.get(first.start..last.end + 1).unwrap_or_default()
     }
 
     /// How many lines named `name` (lower case) the host handed over, before any edit.
@@ -391,21 +314,6 @@ fn upper_case_bytes(x: u64) -> u64 {
     let at_least_a = low7 + 0x3f * EACH;
     let past_z = low7 + 0x25 * EACH;
     at_least_a & !past_z & !x & (0x80 * EACH)
-}
-
-/// The runs of consecutive lines among `count` whose bit in `taken` is clear.
-fn runs(count: usize, taken: u64) -> impl Iterator<Item = Range<usize>> {
-    let mut at = 0;
-    std::iter::from_fn(move || {
-        while at < count && taken & (1 << at) != 0 {
-            at += 1;
-        }
-        let start = at;
-        while at < count && taken & (1 << at) == 0 {
-            at += 1;
-        }
-        (start < at).then_some(start..at)
-    })
 }
 
 /// The value of the first `Add` of `name` among `edits`.
@@ -549,14 +457,14 @@ mod tests {
                 }
             }
         }
-        // Past 64 lines, line by line.
+        // A long map.
         let many: Vec<(String, String)> = (0..200).map(|i| (format!("x-{i}"), i.to_string())).collect();
         let mut map = HeaderMap::from_pairs(many.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         map.edit("x-150", Edit::Remove);
         map.edit("x-new", Edit::Set("n".into()));
         assert_eq!(lines(&HeaderMap::from_raw(map.encoded())), lines(&map));
         assert_eq!(map.len(), 200);
-        // Past 64 edits, too.
+        // Many edits.
         let mut map = HeaderMap::from_pairs(host);
         for (i, (k, _)) in many.iter().take(70).enumerate() {
             map.edit(k.clone(), if i % 7 == 0 { Edit::Remove } else { Edit::Add("v".into()) });

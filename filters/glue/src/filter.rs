@@ -269,6 +269,7 @@ mod tests {
     use super::*;
     use crate::host::Map;
     use std::cell::RefCell;
+    use tether_core::headers::Edit;
     use tether_core::plan::{Plan, Route};
 
     /// A host that records every call and holds one stream's maps.
@@ -294,6 +295,16 @@ mod tests {
         }
         fn call(&self, c: String) {
             self.calls.borrow_mut().push(c);
+        }
+        /// The host's map after one edit, as Envoy applies it.
+        fn apply(&self, map: Map, name: &str, edit: Edit) {
+            let stored = match map {
+                Map::Request => &self.request,
+                Map::Response => &self.response,
+            };
+            let mut edited = HeaderMap::from_raw(stored.borrow().clone());
+            edited.edit(name.to_string(), edit);
+            *stored.borrow_mut() = edited.encoded();
         }
         fn calls(&self) -> Vec<String> {
             self.calls.borrow().clone()
@@ -322,16 +333,11 @@ mod tests {
             // "true": a value, "empty": an empty one, "false": removed.
             let what = value.map_or("false", |v| if v.is_empty() { "empty" } else { "true" });
             self.call(format!("set {map:?} {name} {what}"));
+            self.apply(map, name, value.map_or(Edit::Remove, |v| Edit::Set(v.to_vec().into())));
         }
-        fn add_header(&self, map: Map, name: &str, _: &[u8]) {
+        fn add_header(&self, map: Map, name: &str, value: &[u8]) {
             self.call(format!("add {map:?} {name}"));
-        }
-        fn set_header_map(&self, map: Map, encoded: &[u8]) {
-            self.call(format!("write {map:?}"));
-            match map {
-                Map::Request => *self.request.borrow_mut() = encoded.to_vec(),
-                Map::Response => *self.response.borrow_mut() = encoded.to_vec(),
-            }
+            self.apply(map, name, Edit::Add(value.to_vec().into()));
         }
         fn property(&self, path: &[u8]) -> Option<Vec<u8>> {
             self.call(format!("property {}", property::display(path)));
@@ -394,7 +400,7 @@ mod tests {
     }
 
     #[test]
-    fn one_read_and_one_write_per_map_however_many_edits() {
+    fn one_read_per_map_and_one_call_per_edit() {
         let mut request = Plan::default();
         request.set("x-forwarded-for", "192.0.2.1");
         request.set("x-forwarded-proto", "https");
@@ -403,7 +409,17 @@ mod tests {
         let (action, _) = run(Scripted { request, ..Scripted::default() }, &host);
         assert_eq!(action, Action::Continue);
         // The pinned-nowhere response asks upstream.address for the served endpoint.
-        assert_eq!(host.calls(), ["read Request", "write Request", "read Response", "property upstream.address"]);
+        assert_eq!(
+            host.calls(),
+            [
+                "read Request",
+                "set Request x-forwarded-for true",
+                "set Request x-forwarded-proto true",
+                "set Request x-real-ip false",
+                "read Response",
+                "property upstream.address"
+            ]
+        );
         let written = HeaderMap::from_raw(host.request.borrow().clone());
         assert_eq!(written.get("x-forwarded-proto"), Some(&b"https"[..]));
         assert_eq!(written.get("x-real-ip"), None);
@@ -443,17 +459,26 @@ mod tests {
 
     #[test]
     fn names_in_the_clients_case_are_lowered_unless_the_host_is_envoy() {
-        // A forged `X-Real-IP` that a plan removes: on a host that keeps the client's case it
-        // must not pass (whole-map write: the line is gone, whatever its case).
-        let mut request = Plan::default();
-        request.remove("x-real-ip");
-        request.set("x-forwarded-proto", "https");
+        // A forged `X-Real-IP` in the client's case: on a host that keeps it, the policy must
+        // still see the header to remove it.
+        struct RemovesWhatItSees;
+        impl Filter for RemovesWhatItSees {
+            type Request = ();
+            fn from_config(_: &[u8]) -> Option<Self> {
+                None
+            }
+            fn on_request(&self, _: &mut (), cx: &mut Callback<'_>, _: bool) {
+                if cx.headers.contains("x-real-ip") {
+                    let mut plan = Plan::default();
+                    plan.remove("x-real-ip");
+                    cx.apply(plan);
+                }
+            }
+        }
         let host = MockHost { keeps_case: true, ..MockHost::default() };
         *host.request.borrow_mut() = HeaderMap::encode(&[(b":path", b"/"), (b"X-Real-IP", b"1.1.1.1")]);
-        run(Scripted { request, ..Scripted::default() }, &host);
-        let written = HeaderMap::from_raw(host.request.borrow().clone());
-        assert_eq!(written.get("x-real-ip"), None, "{:?}", written.iter().collect::<Vec<_>>());
-        assert_eq!(written.len(), 2);
+        Stream::new(Rc::new(RemovesWhatItSees), &host).request_headers(true);
+        assert_eq!(host.calls(), ["read Request", "set Request x-real-ip false"]);
     }
 
     #[test]

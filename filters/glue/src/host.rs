@@ -15,7 +15,7 @@ pub enum Map {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HostKind {
     /// Envoy (and Istio, Envoy Gateway): the session header for `stateful_session`, the
-    /// `tether.routed_by` mark, whole-map writes.
+    /// `tether.routed_by` mark.
     Envoy,
     /// nginx with Kong's ngx_wasm_module: the chosen node in the nginx variable
     /// `$tether_node`, the mark in `wasmx.tether_routed_by`, one call per header edit
@@ -35,8 +35,6 @@ pub trait Host {
     fn set_header(&self, map: Map, name: &str, value: Option<&[u8]>);
     /// Adds one line of `name`, keeping the others.
     fn add_header(&self, map: Map, name: &str, value: &[u8]);
-    /// Replaces the whole map with `encoded` (proxy-wasm's encoding) in one call.
-    fn set_header_map(&self, map: Map, encoded: &[u8]);
     /// A property (a path of [`property`]); an error from the host reads as absent.
     fn property(&self, path: &[u8]) -> Option<Vec<u8>>;
     /// Sets a per-request property; `false` if the host refused it (never fatal).
@@ -170,13 +168,6 @@ impl Host for ProxyWasmHost {
         }
     }
 
-    fn set_header_map(&self, map: Map, encoded: &[u8]) {
-        let status = raw::set_header_map(map_type(map), encoded);
-        if status != raw::OK {
-            log::warn!("cannot replace the {map:?} headers: status {status}");
-        }
-    }
-
     fn property(&self, path: &[u8]) -> Option<Vec<u8>> {
         raw::get_property(path)
     }
@@ -218,7 +209,6 @@ pub(crate) mod raw {
     #[link(wasm_import_module = "env")]
     extern "C" {
         fn proxy_get_header_map_pairs(map_type: u32, return_data: *mut *mut u8, return_size: *mut usize) -> u32;
-        fn proxy_set_header_map_pairs(map_type: u32, data: *const u8, size: usize) -> u32;
         fn proxy_replace_header_map_value(map: u32, k: *const u8, ks: usize, v: *const u8, vs: usize) -> u32;
         fn proxy_add_header_map_value(map: u32, k: *const u8, ks: usize, v: *const u8, vs: usize) -> u32;
         fn proxy_remove_header_map_value(map: u32, k: *const u8, ks: usize) -> u32;
@@ -261,11 +251,6 @@ pub(crate) mod raw {
         let status = unsafe { proxy_get_header_map_pairs(map, &mut data, &mut size) };
         // SAFETY: on OK the host handed over its buffer.
         (status == OK).then(|| unsafe { owned(data, size) }).flatten()
-    }
-
-    pub fn set_header_map(map: u32, encoded: &[u8]) -> u32 {
-        // SAFETY: the host reads the live slice during the call.
-        unsafe { proxy_set_header_map_pairs(map, encoded.as_ptr(), encoded.len()) }
     }
 
     pub fn replace_header(map: u32, name: &[u8], value: &[u8]) -> u32 {
@@ -365,9 +350,6 @@ pub(crate) mod raw {
 
     pub fn get_header_map(_: u32) -> Option<Vec<u8>> {
         None
-    }
-    pub fn set_header_map(_: u32, _: &[u8]) -> u32 {
-        UNIMPLEMENTED
     }
     pub fn replace_header(_: u32, _: &[u8], _: &[u8]) -> u32 {
         UNIMPLEMENTED

@@ -213,29 +213,23 @@ impl<'a> Callback<'a> {
     }
 }
 
-/// From this many edits on, one `proxy_set_header_map_pairs` replaces the whole map instead of
-/// one call per edit: fewer host calls. On Envoy's CPU the two ways measured the same
-/// (tether-edge, one interleaved `scripts/bench` run with `BENCH_EDGE_VARIANT`: +66.2 against
-/// +64.2 µs per request for 6 against 13 host calls): Envoy applies the whole map as remove-all
-/// and re-add, which costs about what the single calls save.
-pub const BATCH_FROM: usize = 2;
-
-/// Writes a callback's edits back to the host: none, one call per edit, or the whole map in one
-/// call, whichever is fewer calls. Never the whole map on nginx: ngx_wasm_module clears the old
-/// lines by marking them, and nginx's proxy module still sends marked request lines, so every
-/// request header would reach the backend twice.
+/// Writes a callback's edits back to the host, one call per edit, in the order decided.
+///
+/// Not the whole map in one `proxy_set_header_map_pairs`, though that is fewer host calls:
+/// Envoy applies it as removing every line and adding every line anew, which costs it more
+/// than the calls it saves, and more the longer the map. Measured with `scripts/bench`
+/// (tether-edge against the same module writing whole maps, interleaved, Envoy 1.40.0): +27.4
+/// against +34.8 and +31.8 against +36.3 µs per request by median with the bench's 8 request
+/// lines, +30.3 against +52.8 with a browser's 20 (`BENCH_BROWSER_HEADERS`). And on nginx
+/// ngx_wasm_module clears old lines by marking them, which nginx's proxy module still sends.
 pub fn write_edits(host: &dyn Host, map: Map, headers: &HeaderMap) {
     let edits = headers.edits();
     if edits.is_empty() {
         return;
     }
-    let kind = host.kind();
-    if kind == HostKind::Nginx && map == Map::Request {
+    // The host's kind asked on any first write (once per VM), not first on a later request.
+    if host.kind() == HostKind::Nginx && map == Map::Request {
         return write_nginx_request_edits(host, edits);
-    }
-    if edits.len() >= BATCH_FROM && kind == HostKind::Envoy {
-        host.set_header_map(map, &headers.encoded());
-        return;
     }
     for (name, edit) in edits {
         match edit {

@@ -4,8 +4,8 @@
 //!
 //! Configured `edge-calls`, it makes the host calls tether-edge makes for a returning user's GET,
 //! with as little Wasm as the SDK allows in between: the request map read, `source.address`
-//! asked, the map written back with five headers set; the response map read
-//! and written back with two more. The benchmark's `edge-calls` arm: what those calls cost Envoy,
+//! asked, five headers set and the cookie removed, one call each; the response map read, one
+//! header set and one added. The benchmark's `edge-calls` arm: what those calls cost Envoy,
 //! apart from what tether-edge computes.
 
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -54,7 +54,9 @@ mod raw {
     #[link(wasm_import_module = "env")]
     extern "C" {
         fn proxy_get_header_map_pairs(map_type: u32, data: *mut *mut u8, size: *mut usize) -> u32;
-        fn proxy_set_header_map_pairs(map_type: u32, data: *const u8, size: usize) -> u32;
+        fn proxy_replace_header_map_value(map: u32, k: *const u8, ks: usize, v: *const u8, vs: usize) -> u32;
+        fn proxy_add_header_map_value(map: u32, k: *const u8, ks: usize, v: *const u8, vs: usize) -> u32;
+        fn proxy_remove_header_map_value(map: u32, k: *const u8, ks: usize) -> u32;
         fn proxy_get_property(path: *const u8, path_size: usize, data: *mut *mut u8, size: *mut usize) -> u32;
     }
 
@@ -74,9 +76,19 @@ mod raw {
         owned(data, size)
     }
 
-    pub fn set_map(map_type: u32, encoded: &[u8]) {
+    pub fn replace(map: u32, name: &str, value: &str) {
+        // SAFETY: the host reads the two live slices during the call.
+        unsafe { proxy_replace_header_map_value(map, name.as_ptr(), name.len(), value.as_ptr(), value.len()) };
+    }
+
+    pub fn add(map: u32, name: &str, value: &str) {
+        // SAFETY: the host reads the two live slices during the call.
+        unsafe { proxy_add_header_map_value(map, name.as_ptr(), name.len(), value.as_ptr(), value.len()) };
+    }
+
+    pub fn remove(map: u32, name: &str) {
         // SAFETY: the host reads the live slice during the call.
-        unsafe { proxy_set_header_map_pairs(map_type, encoded.as_ptr(), encoded.len()) };
+        unsafe { proxy_remove_header_map_value(map, name.as_ptr(), name.len()) };
     }
 
     pub fn property(path: &[u8]) -> Vec<u8> {
@@ -87,50 +99,27 @@ mod raw {
     }
 }
 
-/// `encoded` (proxy-wasm's map encoding: count, sizes, then each name and value NUL-ended) with
-/// `more` lines after its own, by copying, not parsing each line.
-fn with_lines(encoded: &[u8], more: &[(&str, &str)]) -> Vec<u8> {
-    let word =
-        |at: usize| encoded.get(at..at + 4).and_then(|b| <[u8; 4]>::try_from(b).ok()).map_or(0, u32::from_le_bytes);
-    let count = word(0) as usize;
-    let sizes = encoded.get(4..4 + 8 * count).unwrap_or_default();
-    let data = encoded.get(4 + 8 * count..).unwrap_or_default();
-    let mut out = Vec::with_capacity(encoded.len() + 128);
-    out.extend_from_slice(&((count + more.len()) as u32).to_le_bytes());
-    out.extend_from_slice(sizes);
-    for (name, value) in more {
-        out.extend_from_slice(&(name.len() as u32).to_le_bytes());
-        out.extend_from_slice(&(value.len() as u32).to_le_bytes());
-    }
-    out.extend_from_slice(data);
-    for (name, value) in more {
-        out.extend_from_slice(name.as_bytes());
-        out.push(0);
-        out.extend_from_slice(value.as_bytes());
-        out.push(0);
-    }
-    out
-}
-
 impl HttpContext for EdgeCalls {
     fn on_http_request_headers(&mut self, _: usize, _: bool) -> Action {
-        let map = raw::map(0);
+        let _map = raw::map(0);
         let _peer = raw::property(b"source\0address");
-        let set = [
+        for (name, value) in [
             ("x-forwarded-for", "127.0.0.1"),
             ("x-real-ip", "127.0.0.1"),
             ("x-forwarded-proto", "https"),
             ("x-forwarded-host", "127.0.0.1"),
             ("x-tether-session", "MTI3LjAuMC4xOjgwMDE="),
-        ];
-        raw::set_map(0, &with_lines(&map, &set));
+        ] {
+            raw::replace(0, name, value);
+        }
+        raw::remove(0, "cookie");
         Action::Continue
     }
 
     fn on_http_response_headers(&mut self, _: usize, _: bool) -> Action {
-        let map = raw::map(2);
-        let set = [("strict-transport-security", "max-age=63072000"), ("x-served-by", "server-pro-ha-1")];
-        raw::set_map(2, &with_lines(&map, &set));
+        let _map = raw::map(2);
+        raw::replace(2, "strict-transport-security", "max-age=63072000");
+        raw::add(2, "x-served-by", "server-pro-ha-1");
         Action::Continue
     }
 }

@@ -152,6 +152,26 @@ fn served_by_header(arm: &Arm, cookie: &str) {
 
 // ---- load ------------------------------------------------------------------------------------
 
+/// The request lines a current Chromium sends for a page of the application, besides Host and
+/// Cookie (BENCH_BROWSER_HEADERS).
+const BROWSER_HEADERS: [(&str, &str); 12] = [
+    (
+        "user-agent",
+        "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36",
+    ),
+    ("accept", "text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,*/*;q=0.8"),
+    ("accept-language", "en-GB,en;q=0.9,de;q=0.8"),
+    ("accept-encoding", "gzip, deflate, br, zstd"),
+    ("referer", "https://overleaf.example.com/project"),
+    ("sec-ch-ua", "\"Chromium\";v=\"131\", \"Not_A Brand\";v=\"24\""),
+    ("sec-ch-ua-mobile", "?0"),
+    ("sec-ch-ua-platform", "\"Linux\""),
+    ("sec-fetch-dest", "document"),
+    ("sec-fetch-mode", "navigate"),
+    ("sec-fetch-site", "same-origin"),
+    ("upgrade-insecure-requests", "1"),
+];
+
 fn h2load_cpu(arm: &Arm, requests: u32) -> f64 {
     let mut cmd = Command::new("taskset");
     cmd.args(["-c", "1", "h2load", "--h1", "-n", &requests.to_string(), "-c", "8", "-t", "1"]);
@@ -481,6 +501,11 @@ fn main() {
         }
         if let Some(c) = cookie {
             arm.headers.push(("cookie".into(), c));
+        }
+        // BENCH_BROWSER_HEADERS=1: every arm's load sends what a browser sends besides (Envoy's
+        // cost of a whole-map write grows with the map; the default load has few lines).
+        if std::env::var_os("BENCH_BROWSER_HEADERS").is_some() {
+            arm.headers.extend(BROWSER_HEADERS.iter().map(|(n, v)| (n.to_string(), v.to_string())));
         }
     }
 

@@ -12,7 +12,6 @@
 
 use std::cell::RefCell;
 use std::rc::Rc;
-use tether_core::headers::HeaderMap;
 use tether_core::plan::LocalReply;
 use tether_e2e::wasm_host::encode_map;
 use tether_e2e::workload::{get, nodes_table, OverleafFilters};
@@ -24,8 +23,8 @@ struct MemoryHost {
     request: RefCell<Vec<u8>>,
     response: RefCell<Vec<u8>>,
     properties: Vec<(String, Vec<u8>)>,
-    /// The last response map the filters wrote.
-    written: RefCell<Vec<u8>>,
+    /// The last `Set-Cookie` the filters added.
+    set_cookie: RefCell<Option<String>>,
 }
 
 impl MemoryHost {
@@ -34,7 +33,7 @@ impl MemoryHost {
             request: RefCell::new(encode_map(&exchange.request_headers)),
             response: RefCell::new(encode_map(&exchange.response_headers)),
             properties: exchange.properties.iter().map(|(path, value)| (path.join("\0"), value.clone())).collect(),
-            written: RefCell::new(Vec::new()),
+            set_cookie: RefCell::new(None),
         }
     }
 }
@@ -53,10 +52,9 @@ impl Host for &MemoryHost {
         }
     }
     fn set_header(&self, _: Map, _: &str, _: Option<&[u8]>) {}
-    fn add_header(&self, _: Map, _: &str, _: &[u8]) {}
-    fn set_header_map(&self, map: Map, encoded: &[u8]) {
-        if map == Map::Response {
-            *self.written.borrow_mut() = encoded.to_vec();
+    fn add_header(&self, map: Map, name: &str, value: &[u8]) {
+        if map == Map::Response && name == "set-cookie" {
+            *self.set_cookie.borrow_mut() = Some(String::from_utf8_lossy(value).into_owned());
         }
     }
     fn property(&self, path: &[u8]) -> Option<Vec<u8>> {
@@ -116,9 +114,8 @@ fn main() {
     let mut stream = Stream::new(edge.clone(), &first);
     stream.request_headers(true);
     stream.response_headers();
-    let written = HeaderMap::from_raw(first.written.borrow().clone());
-    let cookie = written.get("set-cookie").and_then(|c| std::str::from_utf8(c).ok()?.split(';').next());
-    let cookie = cookie.unwrap_or_else(|| panic!("no cookie: {written:?}"));
+    let set_cookie = first.set_cookie.borrow().clone().unwrap_or_else(|| panic!("no cookie"));
+    let cookie = set_cookie.split(';').next().unwrap_or_default();
     let exchange = get("/", Some(cookie));
     let host = MemoryHost::new(&exchange);
     let before = ALLOCATIONS.load(std::sync::atomic::Ordering::Relaxed);
