@@ -1,7 +1,7 @@
 //! tether-edge: Tether's five filters in one proxy-wasm module and one VM. Envoy charges every
 //! Wasm filter a fixed cost per request (context creation and one VM entry per callback), and
 //! each filter of its own reads and writes the header maps itself; here the five run over one
-//! read of each map and their edits go back in one write.
+//! read of each map and their edits go back one host call each.
 //!
 //! [`Edge`] is a filter made of the five filter libraries: each section of the configuration
 //! is handed to that filter's own `from_config`; each request callback runs them in chain order

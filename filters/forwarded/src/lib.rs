@@ -4,9 +4,9 @@
 //! A library: [`Forwarded`] is the filter (tether-glue runs it; `module/` is its Wasm module,
 //! tether-edge runs it with the others). Every decision is `tether_core::forwarded`'s.
 //!
-//! Host calls per request: the request headers (one read, one write of every change), the
+//! Host calls per request: the request headers (one read, one call per header it changes), the
 //! peer's address, the connection's TLS only with `proto: "auto"`, the listener's port only
-//! with `forwarded_port`; on the response the headers (one read, one write) and, with
+//! with `forwarded_port`; on the response the headers (one read, one call per header) and, with
 //! `served_by` in a VM of its own, `upstream.address`.
 
 use std::cell::Cell;

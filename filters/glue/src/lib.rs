@@ -1,6 +1,6 @@
 //! tether-glue: the host adapter. Decisions live in tether-core; this crate reads what a
-//! callback offers (each header map once), hands it to a filter, and applies the plan with the
-//! fewest host calls. A filter crate is a library implementing [`Filter`]; its module is one
+//! callback offers (each header map once), hands it to a filter, and applies the plan in the
+//! way that costs the host least (one call per header edit, measured: stream.rs). A filter crate is a library implementing [`Filter`]; its module is one
 //! line, [`module!`]; every host call goes through the [`host::Host`] seam.
 
 pub mod filter;

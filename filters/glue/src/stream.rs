@@ -1,6 +1,6 @@
 //! One stream as the filters of a VM see it: the facts asked of the host (each at most once per
 //! stream), the callback's header map with the edits decided so far, and the writing back of a
-//! callback's edits with the fewest host calls.
+//! callback's edits, one host call each.
 
 use crate::host::{property, Host, HostKind, Map};
 use std::net::{IpAddr, SocketAddr};

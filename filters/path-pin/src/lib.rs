@@ -4,8 +4,8 @@
 //! A library: [`PathPin`] is the filter (tether-glue runs it; `module/` is its Wasm module,
 //! tether-edge runs it with the others). Every decision is `tether_core::path_pin`'s.
 //!
-//! Host calls per request: the request headers (one read; one write when pinned or when a
-//! client's session header is removed), `tether.routed_by` only when a session header came in,
+//! Host calls per request: the request headers (one read; one call per header it sets or
+//! removes, when pinned or when a client's session header is removed), `tether.routed_by` only when a session header came in,
 //! the mark for later filters when pinned; on the response the headers (one read; one write to
 //! remove the session header Envoy wrote back, when it wrote one).
 
