@@ -278,9 +278,9 @@ impl HeaderMap {
 }
 
 /// Lowers the ASCII letters of `buffer[range]`, eight bytes at a time (a host that keeps the
-/// client's case, or one that did not say). A name's last word may reach past its end into its value (the encoding puts a NUL and the
-/// value after each name); only the name's own bytes are changed. Byte by byte this cost ~2k Wasm
-/// instructions per map read.
+/// client's case, or one that did not say). A name's last word may reach past its end into its
+/// value (the encoding puts a NUL and the value after each name); only the name's own bytes are
+/// changed. Byte by byte this cost ~2k Wasm instructions per map read.
 fn make_lowercase(buffer: &mut [u8], range: Range<usize>) {
     let mut at = range.start;
     while at < range.end {
@@ -443,7 +443,7 @@ mod tests {
             1 => Edit::Remove,
             _ => Edit::Add("a".into()),
         };
-        // Every pair of edits on every pair of names, after a first edit: runs split at each place.
+        // Every pair of edits on every pair of names: host lines taken at each place.
         for first in 0..15 {
             for second in 0..15 {
                 let mut map = HeaderMap::from_pairs(host);

@@ -1,6 +1,6 @@
 //! What one VM keeps between its streams: counter increments not yet handed to the host, the
 //! wall clock read at most once per tick, and shared data that every request reads (uri-hash's
-//! down list) read at most once per tick. Both trade a host call per request for at most
+//! down list) read at most once per tick. All three trade a host call per request for at most
 //! one per tick ([`TICK_MS`]): Envoy's `/stats` shows a count within one tick of the request
 //! that made it, and the clock that `maxidle` and the cookie's timestamp see is at most one tick
 //! old (both count whole seconds, as HAProxy does).
