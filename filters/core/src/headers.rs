@@ -154,8 +154,7 @@ impl HeaderMap {
     /// Every line in order, names lower case (as bytes: no UTF-8 check per line): the host's
     /// lines of names no `Set`/`Remove` has touched, then the lines the edits left, in order.
     pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
-        let replaced = |name: &[u8]| self.edits.iter().any(|(n, e)| n.as_bytes() == name && !matches!(e, Edit::Add(_)));
-        let original = self.original().filter(move |(n, _)| !replaced(n));
+        let original = self.original().filter(move |(n, _)| !self.replaced(n));
         original.chain(self.surviving_edits())
     }
 
@@ -178,7 +177,7 @@ impl HeaderMap {
     pub fn all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
         let name = name.as_bytes();
         // One name: whether an edit took its host lines away is asked once, not per line.
-        let replaced = self.edits.iter().any(|(n, e)| n.as_bytes() == name && !matches!(e, Edit::Add(_)));
+        let replaced = self.replaced(name);
         let original = self.original().filter(move |(n, _)| !replaced && *n == name).map(|(_, v)| v);
         let edited = self.edits.iter().enumerate().filter(move |(_, (n, _))| n.as_bytes() == name);
         original.chain(edited.filter_map(|(i, (_, e))| match e {
@@ -242,6 +241,11 @@ impl HeaderMap {
     pub fn encoded(&self) -> Vec<u8> {
         let lines: Vec<_> = self.iter().collect();
         HeaderMap::encode(&lines)
+    }
+
+    /// Whether a `Set` or `Remove` took the host's lines named `name` away.
+    fn replaced(&self, name: &[u8]) -> bool {
+        self.edits.iter().any(|(n, e)| n.as_bytes() == name && !matches!(e, Edit::Add(_)))
     }
 
     /// The lines the edits leave, in order.

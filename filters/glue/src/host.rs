@@ -18,8 +18,8 @@ pub enum HostKind {
     /// `tether.routed_by` mark.
     Envoy,
     /// nginx with Kong's ngx_wasm_module: the chosen node in the nginx variable
-    /// `$tether_node`, the mark in `wasmx.tether_routed_by`, one call per header edit
-    /// (README "nginx").
+    /// `$tether_node`, the mark in `wasmx.tether_routed_by`, a removed request header written
+    /// empty (README "nginx").
     Nginx,
 }
 
@@ -99,52 +99,51 @@ pub mod property {
 
 thread_local! {
     // One answer per VM, asked on its first stream (outside a request nginx answers no dotted
-    // property, so the root context cannot ask).
-    static KIND: std::cell::Cell<Option<HostKind>> = const { std::cell::Cell::new(None) };
-    static LOWERCASE_NAMES: std::cell::Cell<Option<bool>> = const { std::cell::Cell::new(None) };
+    // property, so the root context cannot ask): the host, and whether its names are lower case.
+    static IDENTITY: std::cell::Cell<Option<(HostKind, bool)>> = const { std::cell::Cell::new(None) };
 }
 
-impl Host for ProxyWasmHost {
-    /// nginx answers `ngx.nginx_version`; Envoy knows no `ngx` property. One host call per VM.
-    fn kind(&self) -> HostKind {
-        KIND.with(|known| {
-            if let Some(kind) = known.get() {
-                return kind;
+/// Which host this is, and whether it says it hands over names in lower case only: nginx
+/// answers `ngx.nginx_version` (Envoy knows no `ngx` property); Envoy answers
+/// `xds.node.user_agent_name` with `envoy`. One or two host calls per VM. A host that is neither
+/// is treated as Envoy for routing, but its names are lowered as read: it may keep the client's
+/// case, and a name read in the wrong case would let a forged header pass.
+fn identity() -> (HostKind, bool) {
+    IDENTITY.with(|known| {
+        if let Some(identity) = known.get() {
+            return identity;
+        }
+        let identity = match raw::get_property(property::NGINX_VERSION) {
+            Some(version) => {
+                log::info!(
+                    "running on nginx {} (ngx_wasm_module): routing through $tether_node",
+                    String::from_utf8_lossy(&version)
+                );
+                (HostKind::Nginx, false)
             }
-            let kind = match raw::get_property(property::NGINX_VERSION) {
-                Some(version) => {
-                    log::info!(
-                        "running on nginx {} (ngx_wasm_module): routing through $tether_node, one call per header edit",
-                        String::from_utf8_lossy(&version)
-                    );
-                    HostKind::Nginx
-                }
-                None => HostKind::Envoy,
-            };
-            known.set(Some(kind));
-            kind
-        })
-    }
-
-    /// Only a host that says it is Envoy: one host call per VM, on its first stream. A host that
-    /// is neither Envoy nor nginx may keep the client's case, and a name read in the wrong case
-    /// would let a forged header pass.
-    fn lowercase_names(&self) -> bool {
-        LOWERCASE_NAMES.with(|known| {
-            if let Some(known) = known.get() {
-                return known;
-            }
-            let envoy = raw::get_property(property::NODE_USER_AGENT).is_some_and(|agent| agent == b"envoy");
-            if envoy {
+            None if raw::get_property(property::NODE_USER_AGENT).is_some_and(|agent| agent == b"envoy") => {
                 log::debug!("running on Envoy: header names read as they come, in lower case");
-            } else {
+                (HostKind::Envoy, true)
+            }
+            None => {
                 log::info!(
                     "the host did not say it is Envoy (xds.node.user_agent_name): header names are lowered as read"
                 );
+                (HostKind::Envoy, false)
             }
-            known.set(Some(envoy));
-            envoy
-        })
+        };
+        known.set(Some(identity));
+        identity
+    })
+}
+
+impl Host for ProxyWasmHost {
+    fn kind(&self) -> HostKind {
+        identity().0
+    }
+
+    fn lowercase_names(&self) -> bool {
+        identity().1
     }
 
     fn header_map(&self, map: Map) -> Vec<u8> {
