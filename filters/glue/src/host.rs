@@ -110,31 +110,35 @@ thread_local! {
 /// case, and a name read in the wrong case would let a forged header pass.
 fn identity() -> (HostKind, bool) {
     IDENTITY.with(|known| {
-        if let Some(identity) = known.get() {
-            return identity;
-        }
-        let identity = match raw::get_property(property::NGINX_VERSION) {
-            Some(version) => {
-                log::info!(
-                    "running on nginx {} (ngx_wasm_module): routing through $tether_node",
-                    String::from_utf8_lossy(&version)
-                );
-                (HostKind::Nginx, false)
-            }
-            None if raw::get_property(property::NODE_USER_AGENT).is_some_and(|agent| agent == b"envoy") => {
-                log::debug!("running on Envoy: header names read as they come, in lower case");
-                (HostKind::Envoy, true)
-            }
-            None => {
-                log::info!(
-                    "the host did not say it is Envoy (xds.node.user_agent_name): header names are lowered as read"
-                );
-                (HostKind::Envoy, false)
-            }
-        };
-        known.set(Some(identity));
-        identity
+        known.get().unwrap_or_else(|| {
+            let identity = ask_identity();
+            known.set(Some(identity));
+            identity
+        })
     })
+}
+
+/// The asking and its log line, out of every request's way.
+#[cold]
+#[inline(never)]
+fn ask_identity() -> (HostKind, bool) {
+    match raw::get_property(property::NGINX_VERSION) {
+        Some(version) => {
+            log::info!(
+                "running on nginx {} (ngx_wasm_module): routing through $tether_node",
+                String::from_utf8_lossy(&version)
+            );
+            (HostKind::Nginx, false)
+        }
+        None if raw::get_property(property::NODE_USER_AGENT).is_some_and(|agent| agent == b"envoy") => {
+            log::debug!("running on Envoy: header names read as they come, in lower case");
+            (HostKind::Envoy, true)
+        }
+        None => {
+            log::info!("the host did not say it is Envoy (xds.node.user_agent_name): header names are lowered as read");
+            (HostKind::Envoy, false)
+        }
+    }
 }
 
 impl Host for ProxyWasmHost {
