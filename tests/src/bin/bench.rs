@@ -437,13 +437,17 @@ fn main() {
     // interleaved rounds as tether-edge (an A/B of one change, free of drift between runs).
     if let Some(code) = std::env::var_os("BENCH_EDGE_VARIANT") {
         let mut variant = WasmFilter::new("edge", &edge);
+        let bytes = std::fs::metadata(&code).map(|m| m.len()).unwrap_or_else(|e| panic!("BENCH_EDGE_VARIANT: {e}"));
         variant.code = Some(code.into());
-        arms.push(envoy_arm(
+        let mut arm = envoy_arm(
             "tether-edge variant",
             "tether-edge built from BENCH_EDGE_VARIANT",
             with_routing(EnvoyConfig::new(vec![variant], &refs)),
-            &["edge"],
-        ));
+            &[],
+        );
+        // Its own size, not the default module's.
+        arm.wasm_bytes = bytes;
+        arms.push(arm);
     }
     let mut native = EnvoyConfig::new(vec![], &refs);
     native.raw_filters = native_filters();
