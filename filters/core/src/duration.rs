@@ -71,6 +71,7 @@ impl<'de> Deserialize<'de> for HumanDuration {
                 Err(E::custom(format!("invalid duration {v}: a unit is required; {UNITS_HELP}")))
             }
             fn visit_f64<E: de::Error>(self, v: f64) -> Result<HumanDuration, E> {
+                let v = crate::config::Float(v);
                 Err(E::custom(format!("invalid duration {v}: a unit is required; {UNITS_HELP}")))
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<HumanDuration, E> {

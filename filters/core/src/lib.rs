@@ -11,6 +11,7 @@ pub mod affinity;
 pub mod ascii;
 pub mod body_limit;
 pub mod config;
+mod config_de;
 pub mod cookie;
 pub mod duration;
 #[doc(hidden)]

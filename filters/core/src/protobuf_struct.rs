@@ -135,7 +135,7 @@ fn number_value(f: f64) -> Result<Value, String> {
         #[allow(clippy::cast_possible_truncation)]
         return Ok(if f >= 0.0 { Value::from(f as u64) } else { Value::from(f as i64) });
     }
-    Number::from_f64(f).map(Value::Number).ok_or_else(|| format!("number {f} is not finite"))
+    Number::from_f64(f).map(Value::Number).ok_or_else(|| format!("number {} is not finite", crate::config::Float(f)))
 }
 
 #[cfg(test)]

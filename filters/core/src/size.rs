@@ -93,6 +93,7 @@ impl<'de> Deserialize<'de> for ByteSize {
                 u64::try_from(v).map(ByteSize).map_err(|_| E::custom(format!("invalid size {v}: must not be negative")))
             }
             fn visit_f64<E: de::Error>(self, v: f64) -> Result<ByteSize, E> {
+                let v = crate::config::Float(v);
                 Err(E::custom(format!("invalid size {v}: must be a whole number of bytes")))
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<ByteSize, E> {
