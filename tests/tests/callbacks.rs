@@ -6,6 +6,7 @@
 #![cfg(feature = "e2e")]
 
 use std::collections::BTreeSet;
+use xtask::shrink::NEVER_CALLED_ON_AN_HTTP_FILTER;
 use xtask::wasm_exports::{
     export_names, filter_callbacks, portable_wasm, release_wasm, FilterCallbacks, STREAM_CALLBACKS,
 };
@@ -104,8 +105,21 @@ fn built_modules_export_their_callbacks_and_no_other() {
                 !wanted
             );
         }
-        for always in ["proxy_on_context_create", "proxy_on_delete", "proxy_on_configure", "malloc"] {
+        for always in [
+            "proxy_on_context_create",
+            "proxy_on_delete",
+            "proxy_on_configure",
+            "proxy_on_vm_start",
+            "proxy_on_tick",
+            "proxy_abi_version_0_2_1",
+            "_initialize",
+            "malloc",
+            "memory",
+        ] {
             assert!(exports.iter().any(|e| e == always), "{}: {always} must stay exported", filter.package);
+        }
+        for never in NEVER_CALLED_ON_AN_HTTP_FILTER {
+            assert!(!exports.iter().any(|e| e == never), "{}: {never} exported", filter.package);
         }
     }
 }

@@ -1,14 +1,16 @@
 //! `cargo xtask build`: every Wasm module of the workspace (each crate under `filters/` that
 //! builds a cdylib: the filters' modules, tether-edge, the test-only noop and crash), in
 //! release for wasm32, with the stream callbacks a filter does not implement removed from its
-//! exports (`[package.metadata.tether] callbacks`); prints each module's path and size.
+//! exports (`[package.metadata.tether] callbacks`), the callbacks Envoy never calls on an HTTP
+//! filter too, and the code only they reached (`shrink`); prints each module's path and size.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 use xtask::repo_root;
+use xtask::shrink::{shrink, NEVER_CALLED_ON_AN_HTTP_FILTER};
 use xtask::wasm_exports::export_names;
 use xtask::wasm_exports::{
-    filter_callbacks, portable_wasm, release_wasm, remove_exports, unused_callback_exports, wasm_modules,
+    filter_callbacks, portable_wasm, release_wasm, unused_callback_exports, wasm_modules,
 };
 
 fn main() -> ExitCode {
@@ -51,13 +53,15 @@ fn build() -> Result<(), String> {
         return Err(format!("cargo build failed ({status})"));
     }
     // Export only the stream callbacks each filter implements: Envoy skips the others without
-    // entering the VM. The portable flavour keeps every callback, for hosts that need them all.
+    // entering the VM; and drop the code no export reaches then. The portable flavour keeps
+    // every callback, for hosts that need them all.
     for filter in filters {
         let built = cargo_output(&filter.lib_name);
         let module = std::fs::read(&built).map_err(|e| format!("{}: {e}", built.display()))?;
         write_new(&portable_wasm(&filter.lib_name), &module)?;
-        let unused = unused_callback_exports(&filter.callbacks).map_err(|e| format!("{}: {e}", filter.package))?;
-        let trimmed = remove_exports(&module, &unused).map_err(|e| format!("{}: {e}", built.display()))?;
+        let mut unused = unused_callback_exports(&filter.callbacks).map_err(|e| format!("{}: {e}", filter.package))?;
+        unused.extend(NEVER_CALLED_ON_AN_HTTP_FILTER);
+        let trimmed = shrink(&module, &unused).map_err(|e| format!("{}: {e}", built.display()))?;
         write_new(&release_wasm(&filter.lib_name), &trimmed)?;
         println!("{:<22} exports {}", filter.package, filter.callbacks.join(", "));
     }
