@@ -9,9 +9,7 @@ use std::process::{Command, ExitCode};
 use xtask::repo_root;
 use xtask::shrink::{shrink, NEVER_CALLED_ON_AN_HTTP_FILTER};
 use xtask::wasm_exports::export_names;
-use xtask::wasm_exports::{
-    filter_callbacks, portable_wasm, release_wasm, unused_callback_exports, wasm_modules,
-};
+use xtask::wasm_exports::{filter_callbacks, portable_wasm, release_wasm, unused_callback_exports, wasm_modules};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();

@@ -11,6 +11,7 @@
 
 use log::debug;
 use tether_core::affinity::{AffinityPolicy, AffinityRequest, CookieState, SetReason};
+use tether_core::config::Value;
 use tether_glue::{configure, host_env_var, Callback, Counter, Filter, Misconfiguration, UnknownUpstream};
 
 struct Metrics {
@@ -54,9 +55,11 @@ pub struct Affinity {
 impl Filter for Affinity {
     type Request = AffinityRequest;
 
-    fn from_config(json: &[u8]) -> Option<Affinity> {
-        let parse = |json: &[u8]| AffinityPolicy::from_json(json, host_env_var);
-        let policy = configure("affinity", json, parse, AffinityPolicy::summary)?;
+    const NAME: &'static str = "affinity";
+
+    fn from_config(config: Value) -> Option<Affinity> {
+        let parse = |config: Value| AffinityPolicy::from_value(config, host_env_var);
+        let policy = configure(Self::NAME, config, parse, AffinityPolicy::summary)?;
         Some(Affinity { policy, metrics: Metrics::define() })
     }
 

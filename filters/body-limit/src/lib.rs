@@ -9,6 +9,7 @@
 
 use log::debug;
 use tether_core::body_limit::{BodyLimitPolicy, BodyLimitRequest, Reason};
+use tether_core::config::Value;
 use tether_glue::{configure, Callback, Counter, Filter};
 
 struct Metrics {
@@ -36,8 +37,10 @@ impl BodyLimit {
 impl Filter for BodyLimit {
     type Request = BodyLimitRequest;
 
-    fn from_config(json: &[u8]) -> Option<BodyLimit> {
-        let policy = configure("body-limit", json, BodyLimitPolicy::from_json, BodyLimitPolicy::summary)?;
+    const NAME: &'static str = "body-limit";
+
+    fn from_config(config: Value) -> Option<BodyLimit> {
+        let policy = configure(Self::NAME, config, BodyLimitPolicy::from_value, BodyLimitPolicy::summary)?;
         let metrics = Metrics {
             rejected_declared: Counter::define("tether_body_limit.rejected.declared_too_large"),
             rejected_streamed: Counter::define("tether_body_limit.rejected.streamed_too_large"),

@@ -5,7 +5,7 @@
 //! and Apache `stickysession=ROUTEID`. The request side reads the cookie and names a node;
 //! the response side compares with the node that really served and (re)issues the cookie.
 
-use crate::config::{parse_config, ConfigError};
+use crate::config::{from_value, read_document, ConfigError};
 use crate::cookie::{self, CookieAttributes, SameSite};
 use crate::duration::HumanDuration;
 use crate::headers::HeaderMap;
@@ -15,6 +15,7 @@ pub use crate::routing::EndpointName;
 use crate::routing::{self, session_value, Claim, SessionHeader};
 use crate::token::{Claims, Key, Keys, MAX_ENDPOINT_NAME};
 use serde::Deserialize;
+use serde_json::Value;
 use std::net::SocketAddr;
 use std::rc::Rc;
 
@@ -45,6 +46,17 @@ pub enum Format {
     Plain,
     /// The endpoint's address (and name), encrypted: no nodes table needed.
     Sealed,
+}
+
+impl Format {
+    /// As the configuration spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::Signed => "signed",
+            Format::Plain => "plain",
+            Format::Sealed => "sealed",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -221,7 +233,12 @@ impl AffinityPolicy {
     /// Parses and validates the configuration. `env` looks up the Envoy host's environment
     /// (for `cookie.keys_env`).
     pub fn from_json(json: &[u8], env: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-        let config: AffinityConfig = parse_config(json)?;
+        Self::from_value(read_document(json)?, env)
+    }
+
+    /// The policy for a configuration already read as JSON.
+    pub fn from_value(config: Value, env: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let config: AffinityConfig = from_value(config)?;
         let c = config.cookie;
         let at = |f: &str| format!("cookie.{f}");
         if !cookie::is_token(&c.name) {
@@ -257,7 +274,10 @@ impl AffinityPolicy {
             (Some(format @ (Format::Signed | Format::Plain)), None) => {
                 return Err(ConfigError::at(
                     "nodes",
-                    format!("{format:?} cookies name a node of the nodes table: add nodes, or use format \"sealed\" (the default without nodes)").to_lowercase(),
+                    format!(
+                        "{} cookies name a node of the nodes table: add nodes, or use format \"sealed\" (the default without nodes)",
+                        format.name()
+                    ),
                 ))
             }
             (Some(format), _) => format,

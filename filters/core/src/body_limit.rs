@@ -6,13 +6,14 @@
 //! 2. Bytes are counted as they stream (chunked HTTP/1.1, HTTP/2 without a length, or a length
 //!    that lies); the chunk that would cross the limit is refused and never forwarded.
 
-use crate::config::{parse_config, ConfigError};
+use crate::config::{from_value, read_document, ConfigError};
 use crate::headers::HeaderMap;
 use crate::plan::{LocalReply, Plan};
 use crate::request_match::{check_reachable, path_without_query, RequestMatch};
 use crate::size::ByteSize;
 use serde::de::{self, Deserializer};
 use serde::Deserialize;
+use serde_json::Value;
 use std::fmt;
 
 /// nginx's `client_max_body_size` default, so an empty config behaves like nginx.
@@ -95,7 +96,12 @@ pub struct BodyLimitPolicy {
 impl BodyLimitPolicy {
     /// Parses and validates the filter's configuration.
     pub fn from_json(json: &[u8]) -> Result<Self, ConfigError> {
-        let config: BodyLimitConfig = parse_config(json)?;
+        Self::from_value(read_document(json)?)
+    }
+
+    /// The policy for a configuration already read as JSON.
+    pub fn from_value(config: Value) -> Result<Self, ConfigError> {
+        let config: BodyLimitConfig = from_value(config)?;
         let mut rules: Vec<Rule> = Vec::with_capacity(config.rules.len());
         for (i, rc) in config.rules.into_iter().enumerate() {
             let matcher = RequestMatch::from_config(

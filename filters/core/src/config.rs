@@ -2,7 +2,9 @@
 
 use serde::de::{self, DeserializeOwned, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer};
-use serde_json::{Map, Number, Value};
+/// A configuration read as JSON (serde_json's), as filters hand it on.
+pub use serde_json::Value;
+use serde_json::{Map, Number};
 use std::fmt;
 
 /// A configuration problem: where (a JSON path such as `rules[1].limit`) and what.
@@ -76,8 +78,9 @@ pub fn from_value<T: DeserializeOwned>(value: Value) -> Result<T, ConfigError> {
     crate::config_de::from_value(value).map_err(|e| ConfigError { path: e.path, message: e.message })
 }
 
-/// The configuration document as a JSON object, from either format.
-fn read_document(bytes: &[u8]) -> Result<Value, ConfigError> {
+/// The configuration document as a JSON object, from either format: what each filter's
+/// `from_value` takes (tether-edge hands each filter its section of its own document).
+pub fn read_document(bytes: &[u8]) -> Result<Value, ConfigError> {
     // A serialized Struct starts with field 1's tag, 0x0a, which is also a JSON newline: try
     // Struct first and fall back to JSON text, so neither reading can shadow the other.
     if bytes.first() == Some(&0x0a) {

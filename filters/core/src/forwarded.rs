@@ -10,7 +10,7 @@
 //! `X-Real-IP` and `Forwarded` is discarded and written anew.
 
 use crate::ascii::{ip_string, push_ip, push_u64};
-use crate::config::{parse_config, ConfigError};
+use crate::config::{from_value, read_document, ConfigError};
 use crate::duration::HumanDuration;
 use crate::headers::HeaderMap;
 use crate::nodes::Nodes;
@@ -19,6 +19,7 @@ use crate::request_match::{path_without_query, RequestMatch};
 use crate::routing::EndpointName;
 use ipnet::IpNet;
 use serde::Deserialize;
+use serde_json::Value;
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 
@@ -167,7 +168,12 @@ const PRELOAD_MIN_AGE: u64 = 31_536_000;
 
 impl ForwardedPolicy {
     pub fn from_json(json: &[u8]) -> Result<Self, ConfigError> {
-        let c: ForwardedConfig = parse_config(json)?;
+        Self::from_value(read_document(json)?)
+    }
+
+    /// The policy for a configuration already read as JSON.
+    pub fn from_value(config: Value) -> Result<Self, ConfigError> {
+        let c: ForwardedConfig = from_value(config)?;
         let mut trusted = Vec::with_capacity(c.trusted_proxies.len());
         for (i, t) in c.trusted_proxies.iter().enumerate() {
             let net = t.parse::<IpNet>().or_else(|_| t.parse::<IpAddr>().map(IpNet::from)).map_err(|_| {

@@ -62,7 +62,11 @@ impl Maglev {
         let mut targets: Vec<u64> = nodes.iter().map(|(_, w)| m * u64::from(*w) / total).collect();
         let mut short = m - targets.iter().sum::<u64>();
         let mut by_fraction: Vec<usize> = (0..nodes.len()).collect();
-        by_fraction.sort_by_key(|&i| std::cmp::Reverse(nodes.get(i).map_or(0, |(_, w)| m * u64::from(*w) % total)));
+        // Ties in node order (the index is in the key): every Envoy builds the same table. An
+        // unstable sort so keyed orders as the stable one did, with less code in the module.
+        by_fraction.sort_unstable_by_key(|&i| {
+            (std::cmp::Reverse(nodes.get(i).map_or(0, |(_, w)| m * u64::from(*w) % total)), i)
+        });
         for &i in by_fraction.iter().cycle() {
             if short == 0 {
                 break;

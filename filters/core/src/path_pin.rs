@@ -1,13 +1,14 @@
 //! path-pin: sends requests for some paths to one named node, whatever cookie or hash would
 //! say (HAProxy `use-server server-pro-ha-1 if { path_beg /git/ }`).
 
-use crate::config::{parse_config, ConfigError};
+use crate::config::{from_value, read_document, ConfigError};
 use crate::headers::HeaderMap;
 use crate::nodes::{check_node_name, Nodes};
 use crate::plan::{Facts, Plan};
 use crate::request_match::{check_reachable, path_without_query, RequestMatch};
 use crate::routing::{self, session_value, Claim, SessionHeader};
 use serde::Deserialize;
+use serde_json::Value;
 use std::net::SocketAddr;
 
 #[derive(Deserialize)]
@@ -50,7 +51,12 @@ pub struct PathPinPolicy {
 
 impl PathPinPolicy {
     pub fn from_json(json: &[u8]) -> Result<Self, ConfigError> {
-        let config: PathPinConfig = parse_config(json)?;
+        Self::from_value(read_document(json)?)
+    }
+
+    /// The policy for a configuration already read as JSON.
+    pub fn from_value(config: Value) -> Result<Self, ConfigError> {
+        let config: PathPinConfig = from_value(config)?;
         if config.rules.is_empty() {
             return Err(ConfigError::at("rules", "must list at least one rule"));
         }

@@ -1,7 +1,7 @@
 //! uri-hash: URI-depth consistent hashing (HAProxy `balance uri depth 2`), with failover that
 //! stays consistent while a node is down.
 
-use crate::config::{parse_config, ConfigError};
+use crate::config::{from_value, read_document, ConfigError};
 use crate::duration::HumanDuration;
 use crate::hash::{alternative_hash, key_hash, Maglev};
 use crate::headers::HeaderMap;
@@ -10,6 +10,7 @@ use crate::plan::{Facts, Plan};
 use crate::request_match::RequestMatch;
 use crate::routing::{self, session_value, Claim, SessionHeader};
 use serde::Deserialize;
+use serde_json::Value;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Duration;
@@ -125,7 +126,12 @@ pub struct Choice {
 
 impl UriHashPolicy {
     pub fn from_json(json: &[u8]) -> Result<Self, ConfigError> {
-        let c: UriHashConfig = parse_config(json)?;
+        Self::from_value(read_document(json)?)
+    }
+
+    /// The policy for a configuration already read as JSON.
+    pub fn from_value(config: Value) -> Result<Self, ConfigError> {
+        let c: UriHashConfig = from_value(config)?;
         if c.prefixes.is_empty() {
             return Err(ConfigError::at("prefixes", "must list at least one path prefix (\"/\" for every request)"));
         }

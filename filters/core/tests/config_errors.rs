@@ -76,11 +76,13 @@ fn node_mut<'a>(value: &'a mut Value, path: &str) -> &'a mut Value {
 }
 
 fn report() -> String {
-    let wrong = [json!(null), json!(true), json!(-1), json!(1.5), json!(70000), json!("x"), json!([1]), json!({"zz": 1})];
+    let wrong =
+        [json!(null), json!(true), json!(-1), json!(1.5), json!(70000), json!("x"), json!([1]), json!({"zz": 1})];
     let mut out = String::new();
     for filter in ["affinity", "body-limit", "forwarded", "path-pin", "uri-hash"] {
         let good = repo().join("filters").join(filter).join("fixtures/good");
-        let mut files: Vec<PathBuf> = std::fs::read_dir(&good).expect("fixtures").map(|e| e.expect("entry").path()).collect();
+        let mut files: Vec<PathBuf> =
+            std::fs::read_dir(&good).expect("fixtures").map(|e| e.expect("entry").path()).collect();
         files.sort();
         for file in files {
             let name = file.file_name().expect("name").to_string_lossy().into_owned();

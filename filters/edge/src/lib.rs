@@ -12,12 +12,11 @@
 //! Metrics, logs and behaviour are the filters' own.
 
 use serde::Deserialize;
-use serde_json::Value;
 use tether_affinity::Affinity;
 use tether_body_limit::BodyLimit;
 use tether_core::affinity::AffinityRequest;
 use tether_core::body_limit::BodyLimitRequest;
-use tether_core::config::parse_config;
+use tether_core::config::{from_value, Value};
 use tether_core::path_pin::PathPinRequest;
 use tether_core::uri_hash::UriHashRequest;
 use tether_forwarded::{Forwarded, ForwardedRequest};
@@ -58,16 +57,15 @@ pub struct EdgeRequest {
     reached: usize,
 }
 
-/// A section handed to its filter: `None` after the filter's own line said why.
+/// A section handed to its filter as it was read: `None` after the filter's own line said why.
 fn section<F: Filter>(name: &str, value: Option<Value>) -> Result<Option<F>, String> {
     let Some(value) = value else { return Ok(None) };
-    let json = serde_json::to_vec(&value).map_err(|e| e.to_string())?;
-    F::from_config(&json).map(Some).ok_or_else(|| format!("section {name:?} refused (see the line above)"))
+    F::from_config(value).map(Some).ok_or_else(|| format!("section {name:?} refused (see the line above)"))
 }
 
 impl Edge {
-    fn build(json: &[u8]) -> Result<Edge, String> {
-        let config: EdgeConfig = parse_config(json).map_err(|e| e.to_string())?;
+    fn build(config: Value) -> Result<Edge, String> {
+        let config: EdgeConfig = from_value(config).map_err(|e| e.to_string())?;
         let edge = Edge {
             forwarded: section("forwarded", config.forwarded)?,
             body_limit: section("body_limit", config.body_limit)?,
@@ -122,8 +120,10 @@ macro_rules! step {
 impl Filter for Edge {
     type Request = EdgeRequest;
 
-    fn from_config(json: &[u8]) -> Option<Edge> {
-        configure("edge", json, Edge::build, |e| format!("{} filter(s) in one VM", e.parts()))
+    const NAME: &'static str = "edge";
+
+    fn from_config(config: Value) -> Option<Edge> {
+        configure(Self::NAME, config, Edge::build, |e| format!("{} filter(s) in one VM", e.parts()))
     }
 
     fn reads_request_headers(&self, end_of_stream: bool) -> bool {

@@ -10,6 +10,7 @@
 //! `served_by` in a VM of its own, `upstream.address`.
 
 use std::cell::Cell;
+use tether_core::config::Value;
 use tether_core::forwarded::ForwardedPolicy;
 use tether_glue::{configure, Callback, Counter, Filter, UnknownUpstream};
 
@@ -37,8 +38,10 @@ pub struct ForwardedRequest {
 impl Filter for Forwarded {
     type Request = ForwardedRequest;
 
-    fn from_config(json: &[u8]) -> Option<Forwarded> {
-        let policy = configure("forwarded", json, ForwardedPolicy::from_json, ForwardedPolicy::summary)?;
+    const NAME: &'static str = "forwarded";
+
+    fn from_config(config: Value) -> Option<Forwarded> {
+        let policy = configure(Self::NAME, config, ForwardedPolicy::from_value, ForwardedPolicy::summary)?;
         let metrics = Metrics {
             forged_discarded: Counter::define("tether_forwarded.forged_discarded"),
             redirects: Counter::define("tether_forwarded.redirects"),

@@ -7,6 +7,7 @@ use crate::stream::{routed_by_property, unwritable_on_nginx, write_edits, Callba
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType};
 use std::rc::Rc;
+use tether_core::config::{read_document, Value};
 use tether_core::headers::HeaderMap;
 use tether_core::plan::LocalReply;
 
@@ -14,9 +15,12 @@ pub trait Filter: Sized + 'static {
     /// What the filter remembers of one request between callbacks.
     type Request: Default;
 
-    /// The filter for configuration `json` (JSON text or Struct bytes); `None` after logging one
-    /// line that says why it is refused.
-    fn from_config(json: &[u8]) -> Option<Self>;
+    /// The filter's name in log lines (`forwarded: invalid configuration: ...`).
+    const NAME: &'static str;
+
+    /// The filter for its configuration, read as JSON (from JSON text or Struct bytes: the root
+    /// context reads the document); `None` after logging one line that says why it is refused.
+    fn from_config(config: Value) -> Option<Self>;
 
     /// Whether the request callback needs the request headers (one host call to read them).
     fn reads_request_headers(&self, _end_of_stream: bool) -> bool {
@@ -63,8 +67,15 @@ impl<F: Filter> Context for Root<F> {
 
 impl<F: Filter> RootContext for Root<F> {
     fn on_configure(&mut self, _size: usize) -> bool {
-        let Some(json) = crate::plugin_configuration() else { return false };
-        self.filter = F::from_config(&json).map(Rc::new);
+        let Some(bytes) = crate::plugin_configuration() else { return false };
+        let config = match read_document(&bytes) {
+            Ok(config) => config,
+            Err(e) => {
+                log::error!("{}: invalid configuration: {e}", F::NAME);
+                return false;
+            }
+        };
+        self.filter = F::from_config(config).map(Rc::new);
         if self.filter.is_some() {
             crate::vm::start_ticking();
         }
@@ -375,7 +386,8 @@ mod tests {
 
     impl Filter for Scripted {
         type Request = ();
-        fn from_config(_: &[u8]) -> Option<Self> {
+        const NAME: &'static str = "scripted";
+        fn from_config(_: Value) -> Option<Self> {
             None
         }
         fn on_request(&self, _: &mut (), cx: &mut Callback<'_>, _: bool) {
@@ -464,7 +476,8 @@ mod tests {
         struct RemovesWhatItSees;
         impl Filter for RemovesWhatItSees {
             type Request = ();
-            fn from_config(_: &[u8]) -> Option<Self> {
+            const NAME: &'static str = "removes-what-it-sees";
+            fn from_config(_: Value) -> Option<Self> {
                 None
             }
             fn on_request(&self, _: &mut (), cx: &mut Callback<'_>, _: bool) {

@@ -133,11 +133,11 @@ fn environ() -> Vec<Vec<u8>> {
 /// and Envoy refuses the configuration (also under `--mode validate`).
 pub fn configure<T, E: std::fmt::Display>(
     filter: &str,
-    json: &[u8],
-    parse: impl FnOnce(&[u8]) -> Result<T, E>,
+    config: tether_core::config::Value,
+    parse: impl FnOnce(tether_core::config::Value) -> Result<T, E>,
     summary: impl FnOnce(&T) -> String,
 ) -> Option<T> {
-    match parse(json) {
+    match parse(config) {
         Ok(policy) => {
             log::info!("{filter}: configured: {}", summary(&policy));
             Some(policy)

@@ -10,6 +10,7 @@
 //! remove the session header Envoy wrote back, when it wrote one).
 
 use log::debug;
+use tether_core::config::Value;
 use tether_core::path_pin::{PathPinPolicy, PathPinRequest};
 use tether_glue::{configure, Callback, Counter, Filter};
 
@@ -28,8 +29,10 @@ pub struct PathPin {
 impl Filter for PathPin {
     type Request = PathPinRequest;
 
-    fn from_config(json: &[u8]) -> Option<PathPin> {
-        let policy = configure("path-pin", json, PathPinPolicy::from_json, PathPinPolicy::summary)?;
+    const NAME: &'static str = "path-pin";
+
+    fn from_config(config: Value) -> Option<PathPin> {
+        let policy = configure(Self::NAME, config, PathPinPolicy::from_value, PathPinPolicy::summary)?;
         let metrics = Metrics {
             pinned: policy
                 .rules()

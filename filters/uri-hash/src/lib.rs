@@ -11,6 +11,7 @@
 //! tether-edge runs it with the others). Every decision is `tether_core::uri_hash`'s.
 
 use log::debug;
+use tether_core::config::Value;
 use tether_core::uri_hash::{UriHashPolicy, UriHashRequest, UriHashResponse};
 use tether_glue::{configure, Callback, Counter, Filter, UnknownUpstream};
 
@@ -30,8 +31,10 @@ pub struct UriHash {
 impl Filter for UriHash {
     type Request = UriHashRequest;
 
-    fn from_config(json: &[u8]) -> Option<UriHash> {
-        let policy = configure("uri-hash", json, UriHashPolicy::from_json, UriHashPolicy::summary)?;
+    const NAME: &'static str = "uri-hash";
+
+    fn from_config(config: Value) -> Option<UriHash> {
+        let policy = configure(Self::NAME, config, UriHashPolicy::from_value, UriHashPolicy::summary)?;
         let c = |name: &str| Counter::define(&format!("tether_uri_hash.{name}"));
         let metrics = Metrics {
             hashed: c("hashed"),

@@ -108,7 +108,8 @@ static ALLOCATOR: Counting = Counting;
 fn main() {
     let n: usize = std::env::var("PROFILE_N").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
     let config = OverleafFilters::new(&nodes_table()).edge();
-    let edge = Rc::new(tether_edge::Edge::from_config(config.as_bytes()).unwrap_or_else(|| panic!("config refused")));
+    let config = tether_core::config::read_document(config.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
+    let edge = Rc::new(tether_edge::Edge::from_config(config).unwrap_or_else(|| panic!("config refused")));
     // The returning user's cookie, from a first request's Set-Cookie.
     let first = MemoryHost::new(&get("/", None));
     let mut stream = Stream::new(edge.clone(), &first);
