@@ -136,3 +136,29 @@ fn the_portable_flavour_exports_every_callback() {
         }
     }
 }
+
+/// Sizes as of issue 14's size work, with ~10% room for toolchains and small changes: what
+/// doubled the configuration code once (a deserializer per input format) or pulled in Unicode
+/// tables for one message shows here, not in a README months later.
+const SIZE_BUDGET_KB: [(&str, u64); 6] = [
+    ("tether_body_limit", 175),
+    ("tether_path_pin", 205),
+    ("tether_uri_hash", 225),
+    ("tether_forwarded", 235),
+    ("tether_affinity", 290),
+    ("tether_edge", 430),
+];
+
+#[test]
+fn built_modules_stay_within_their_size_budget() {
+    let mut over = Vec::new();
+    for (lib, budget_kb) in SIZE_BUDGET_KB {
+        let path = release_wasm(lib);
+        let bytes =
+            std::fs::metadata(&path).unwrap_or_else(|e| panic!("{}: {e} (run scripts/build)", path.display())).len();
+        if bytes > budget_kb * 1000 {
+            over.push(format!("{lib}.wasm is {bytes} bytes, budget {budget_kb} KB"));
+        }
+    }
+    assert!(over.is_empty(), "over budget (README, \"What it costs\", says what holds the size):\n{}", over.join("\n"));
+}
