@@ -193,6 +193,15 @@ impl FilterVm {
         Ok(vm)
     }
 
+    /// The size of the module's linear memory now, in bytes: what the VM has claimed (the
+    /// declared start plus every `memory.grow`), which Envoy's RSS holds for each VM.
+    pub fn linear_memory_bytes(&self) -> usize {
+        self.instance
+            .get_export(&self.store, "memory")
+            .and_then(Extern::into_memory)
+            .map_or(0, |m| m.data_size(&self.store))
+    }
+
     /// A counter's value as the host holds it (`tether_path_pin.client_session_header_removed`),
     /// 0 if undefined. Counts a ticking module keeps in the VM arrive with [`FilterVm::tick`].
     pub fn metric(&self, name: &str) -> u64 {

@@ -3,14 +3,15 @@
 //! Envoy). The same workload as `scripts/bench`'s arms: the Overleaf configurations and a
 //! returning user's GET. Writes target/bench/host-calls.md and prints it. `COSTS_ONLY=affinity`
 //! counts one arm; with `TETHER_COST_TRACE=1` its host calls are printed in order with the fuel
-//! left at each.
+//! left at each. Then each arm's linear memory per VM, at start and after 200 first visits.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use tether_e2e::repo_root;
-use tether_e2e::wasm_host::RequestCost;
+use tether_e2e::wasm_host::{run_chain, FilterVm, RequestCost};
 use tether_e2e::workload::{
-    affinity_sealed, edge_pods, nodes_table, returning_user_and_tick, OverleafFilters, URI_HASH_BY_ENVOY,
+    affinity_sealed, edge_pods, get, nodes_table, returning_user_and_tick, start_vms, OverleafFilters,
+    URI_HASH_BY_ENVOY,
 };
 
 /// (arm, its chain of (filter crate, configuration), request path).
@@ -62,6 +63,23 @@ fn main() {
             total.instructions,
             tick.total_host_calls()
         );
+    }
+    // Linear memory per VM: what each VM has claimed after a burst of first visits (each issues
+    // a cookie, the most allocating path). Envoy's RSS per VM is mostly V8's, not this.
+    out.push_str(
+        "\n## Linear memory per VM\n\nKiB each VM of the arm has claimed (declared start plus every \
+         `memory.grow`) at start and after 200 first-visit requests.\n\n| arm | at start | after 200 requests |\n|---|---|---|\n",
+    );
+    for (arm, chain, path) in &arms {
+        let mut vms = start_vms(chain).unwrap_or_else(|e| panic!("{arm}: {e}"));
+        let kib = |vms: &[FilterVm]| {
+            vms.iter().map(|v| (v.linear_memory_bytes() / 1024).to_string()).collect::<Vec<_>>().join(", ")
+        };
+        let at_start = kib(&vms);
+        for _ in 0..200 {
+            run_chain(&mut vms, &get(path, None)).unwrap_or_else(|e| panic!("{arm}: {e}"));
+        }
+        let _ = writeln!(out, "| {arm} | {at_start} | {} |", kib(&vms));
     }
     let dir = repo_root().join("target/bench");
     std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
