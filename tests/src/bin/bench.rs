@@ -381,6 +381,17 @@ fn main() {
         ),
         &["noop"],
     ));
+    // The floor under the routing arms' Envoy configuration (stateful_session, the clusters
+    // they route through): what that configuration itself costs, apart from any module.
+    arms.push(envoy_arm(
+        "routing-floor",
+        "the floor under the routing configuration of path-pin, uri-hash, affinity and tether-edge",
+        with_routing(EnvoyConfig::new(
+            vec![WasmFilter { code: Some(headers_only_noop()), ..WasmFilter::new("noop", "") }],
+            &refs,
+        )),
+        &["noop"],
+    ));
     arms.push(envoy_arm(
         "body-limit",
         "Tether body-limit (GET)",
