@@ -83,6 +83,25 @@ pub fn remove_exports(module: &[u8], remove: &[&str]) -> Result<Vec<u8>, String>
     Ok(out)
 }
 
+const CODE_SECTION: u8 = 10;
+
+/// The size in bytes of each function body in `module`, in order. Envoy's memory follows the
+/// largest of them (tether-glue's `Filter` says how), so the suite keeps them bounded.
+pub fn function_body_sizes(module: &[u8]) -> Result<Vec<usize>, String> {
+    let mut sizes = Vec::new();
+    for section in sections(module)? {
+        if section.id == CODE_SECTION {
+            let mut reader = Reader { bytes: section.payload, at: 0 };
+            for _ in 0..reader.u32()? {
+                let size = reader.u32()? as usize;
+                reader.take(size)?;
+                sizes.push(size);
+            }
+        }
+    }
+    Ok(sizes)
+}
+
 struct Section<'a> {
     id: u8,
     /// The whole section: id, size and payload.

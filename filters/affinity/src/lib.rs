@@ -57,12 +57,14 @@ impl Filter for Affinity {
 
     const NAME: &'static str = "affinity";
 
+    #[inline(never)] // its own function in tether-edge too: Envoy's RSS (tether_glue::Filter)
     fn from_config(config: Value) -> Option<Affinity> {
         let parse = |config: Value| AffinityPolicy::from_value(config, host_env_var);
         let policy = configure(Self::NAME, config, parse, AffinityPolicy::summary)?;
         Some(Affinity { policy, metrics: Metrics::define() })
     }
 
+    #[inline(never)] // its own function in tether-edge too: Envoy's RSS (tether_glue::Filter)
     fn on_request(&self, request: &mut AffinityRequest, cx: &mut Callback<'_>, _end_of_stream: bool) {
         let (plan, decided) = self.policy.on_request(cx.headers, &mut cx.facts);
         if decided.claim.removed_forgery() {
@@ -80,6 +82,7 @@ impl Filter for Affinity {
         cx.apply(plan);
     }
 
+    #[inline(never)] // its own function in tether-edge too: Envoy's RSS (tether_glue::Filter)
     fn on_response(&self, request: &mut AffinityRequest, cx: &mut Callback<'_>) {
         let (plan, outcome) = self.policy.on_response(request, cx.headers, &mut cx.facts);
         if let Some(address) = outcome.unknown_upstream {

@@ -39,6 +39,7 @@ impl Filter for BodyLimit {
 
     const NAME: &'static str = "body-limit";
 
+    #[inline(never)] // its own function in tether-edge too: Envoy's RSS (tether_glue::Filter)
     fn from_config(config: Value) -> Option<BodyLimit> {
         let policy = configure(Self::NAME, config, BodyLimitPolicy::from_value, BodyLimitPolicy::summary)?;
         let metrics = Metrics {
@@ -54,6 +55,7 @@ impl Filter for BodyLimit {
         !end_of_stream
     }
 
+    #[inline(never)] // its own function in tether-edge too: Envoy's RSS (tether_glue::Filter)
     fn on_request(&self, request: &mut BodyLimitRequest, cx: &mut Callback<'_>, end_of_stream: bool) {
         let (plan, decided) = self.policy.on_request(cx.headers, end_of_stream);
         if decided.invalid_length {

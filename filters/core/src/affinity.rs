@@ -237,6 +237,7 @@ impl AffinityPolicy {
     }
 
     /// The policy for a configuration already read as JSON.
+    #[inline(never)] // out of each module's configure: Envoy's RSS (tether_glue::Filter)
     pub fn from_value(config: Value, env: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let config: AffinityConfig = from_value(config)?;
         let c = config.cookie;

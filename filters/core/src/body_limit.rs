@@ -100,6 +100,7 @@ impl BodyLimitPolicy {
     }
 
     /// The policy for a configuration already read as JSON.
+    #[inline(never)] // out of each module's configure: Envoy's RSS (tether_glue::Filter)
     pub fn from_value(config: Value) -> Result<Self, ConfigError> {
         let config: BodyLimitConfig = from_value(config)?;
         let mut rules: Vec<Rule> = Vec::with_capacity(config.rules.len());

@@ -74,6 +74,9 @@ pub fn parse_config<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ConfigError>
 
 /// `T` from a configuration already read as JSON (a section of a larger one), with the path of
 /// any field it refuses.
+// One function per configuration type, apart from what checks it: Envoy's RSS grows with
+// the largest functions of a module (tether_glue::Filter).
+#[inline(never)]
 pub fn from_value<T: DeserializeOwned>(value: Value) -> Result<T, ConfigError> {
     crate::config_de::from_value(value).map_err(|e| ConfigError { path: e.path, message: e.message })
 }

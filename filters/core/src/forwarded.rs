@@ -172,6 +172,7 @@ impl ForwardedPolicy {
     }
 
     /// The policy for a configuration already read as JSON.
+    #[inline(never)] // out of each module's configure: Envoy's RSS (tether_glue::Filter)
     pub fn from_value(config: Value) -> Result<Self, ConfigError> {
         let c: ForwardedConfig = from_value(config)?;
         let mut trusted = Vec::with_capacity(c.trusted_proxies.len());

@@ -55,6 +55,7 @@ impl PathPinPolicy {
     }
 
     /// The policy for a configuration already read as JSON.
+    #[inline(never)] // out of each module's configure: Envoy's RSS (tether_glue::Filter)
     pub fn from_value(config: Value) -> Result<Self, ConfigError> {
         let config: PathPinConfig = from_value(config)?;
         if config.rules.is_empty() {

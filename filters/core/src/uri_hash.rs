@@ -130,6 +130,7 @@ impl UriHashPolicy {
     }
 
     /// The policy for a configuration already read as JSON.
+    #[inline(never)] // out of each module's configure: Envoy's RSS (tether_glue::Filter)
     pub fn from_value(config: Value) -> Result<Self, ConfigError> {
         let c: UriHashConfig = from_value(config)?;
         if c.prefixes.is_empty() {

@@ -40,6 +40,7 @@ impl Filter for Forwarded {
 
     const NAME: &'static str = "forwarded";
 
+    #[inline(never)] // its own function in tether-edge too: Envoy's RSS (tether_glue::Filter)
     fn from_config(config: Value) -> Option<Forwarded> {
         let policy = configure(Self::NAME, config, ForwardedPolicy::from_value, ForwardedPolicy::summary)?;
         let metrics = Metrics {
@@ -51,6 +52,7 @@ impl Filter for Forwarded {
         Some(Forwarded { policy, metrics, warned_no_peer: Cell::new(false) })
     }
 
+    #[inline(never)] // its own function in tether-edge too: Envoy's RSS (tether_glue::Filter)
     fn on_request(&self, request: &mut ForwardedRequest, cx: &mut Callback<'_>, _end_of_stream: bool) {
         let (plan, outcome) = self.policy.on_request(cx.headers, &mut cx.facts);
         if outcome.forged {
@@ -71,6 +73,7 @@ impl Filter for Forwarded {
         cx.apply(plan);
     }
 
+    #[inline(never)] // its own function in tether-edge too: Envoy's RSS (tether_glue::Filter)
     fn on_response(&self, request: &mut ForwardedRequest, cx: &mut Callback<'_>) {
         let (plan, unknown) = self.policy.on_response(request.https, cx.headers, &mut cx.facts);
         if let Some(address) = unknown {

@@ -31,6 +31,7 @@ impl Filter for PathPin {
 
     const NAME: &'static str = "path-pin";
 
+    #[inline(never)] // its own function in tether-edge too: Envoy's RSS (tether_glue::Filter)
     fn from_config(config: Value) -> Option<PathPin> {
         let policy = configure(Self::NAME, config, PathPinPolicy::from_value, PathPinPolicy::summary)?;
         let metrics = Metrics {
@@ -45,6 +46,7 @@ impl Filter for PathPin {
         Some(PathPin { policy, metrics })
     }
 
+    #[inline(never)] // its own function in tether-edge too: Envoy's RSS (tether_glue::Filter)
     fn on_request(&self, request: &mut PathPinRequest, cx: &mut Callback<'_>, _end_of_stream: bool) {
         let (plan, decided) = self.policy.on_request(cx.headers, &mut cx.facts);
         if decided.claim.removed_forgery() {
@@ -58,6 +60,7 @@ impl Filter for PathPin {
         cx.apply(plan);
     }
 
+    #[inline(never)] // its own function in tether-edge too: Envoy's RSS (tether_glue::Filter)
     fn on_response(&self, request: &mut PathPinRequest, cx: &mut Callback<'_>) {
         let (plan, missed) = self.policy.on_response(request, cx.headers, &mut cx.facts);
         if let Some((rule, served_by)) = missed {

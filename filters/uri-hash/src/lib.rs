@@ -33,6 +33,7 @@ impl Filter for UriHash {
 
     const NAME: &'static str = "uri-hash";
 
+    #[inline(never)] // its own function in tether-edge too: Envoy's RSS (tether_glue::Filter)
     fn from_config(config: Value) -> Option<UriHash> {
         let policy = configure(Self::NAME, config, UriHashPolicy::from_value, UriHashPolicy::summary)?;
         let c = |name: &str| Counter::define(&format!("tether_uri_hash.{name}"));
@@ -46,6 +47,7 @@ impl Filter for UriHash {
         Some(UriHash { policy, metrics })
     }
 
+    #[inline(never)] // its own function in tether-edge too: Envoy's RSS (tether_glue::Filter)
     fn on_request(&self, request: &mut UriHashRequest, cx: &mut Callback<'_>, _end_of_stream: bool) {
         let (plan, decided) = self.policy.on_request(cx.headers, &mut cx.facts);
         if decided.claim.removed_forgery() {
@@ -61,6 +63,7 @@ impl Filter for UriHash {
         cx.apply(plan);
     }
 
+    #[inline(never)] // its own function in tether-edge too: Envoy's RSS (tether_glue::Filter)
     fn on_response(&self, request: &mut UriHashRequest, cx: &mut Callback<'_>) {
         let (plan, found) = self.policy.on_response(request, cx.headers, &mut cx.facts);
         match found {
