@@ -13,8 +13,9 @@
 //! callbacks = ["on_http_request_headers", "on_http_response_headers"]
 //! ```
 //!
-//! Only the eight per-stream callbacks below are ever removed. `proxy_on_context_create` and
-//! `proxy_on_delete` (which frees the SDK's per-stream context) and everything else stay.
+//! Of the per-stream callbacks only the eight below are ever removed; besides them only the
+//! callbacks Envoy never calls on an HTTP filter go ([`crate::shrink`]). `proxy_on_context_create`
+//! and `proxy_on_delete` (which frees the SDK's per-stream context) and everything else stay.
 
 /// The SDK trait method → the export Envoy calls for it, for every per-stream callback the
 /// host skips when it is missing.
