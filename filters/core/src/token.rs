@@ -350,8 +350,6 @@ impl std::fmt::Debug for Keys {
     }
 }
 
-/// A token's memo slot, by FNV-1a (not a security boundary: a hit is checked against the
-/// whole token).
 /// Whether `a` and `b` (the same length) hold the same bytes, in a time that does not depend on
 /// where they differ: the differences of every eight bytes are OR-ed together, with no branch on
 /// the data, and only the total is judged (by `subtle`, which keeps the compiler from
@@ -376,6 +374,8 @@ fn word(chunk: &[u8]) -> u64 {
     u64::from_ne_bytes(eight)
 }
 
+/// A token's memo slot, by FNV-1a (not a security boundary: a hit is checked against the
+/// whole token).
 fn slot(token: &[u8]) -> usize {
     let hash = token.iter().fold(0x811c_9dc5u32, |h, &b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193));
     hash as usize % VERIFIED_SLOTS

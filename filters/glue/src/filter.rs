@@ -15,7 +15,7 @@ use tether_core::plan::LocalReply;
 /// (`#[inline(never)]`), and the policies their `from_value`. Envoy's V8 compiles every function
 /// of a module with TurboFan (proxy-wasm-cpp-host turns Liftoff off), and what that holds of
 /// Envoy's memory followed the largest functions, not the module's size: tether-edge with the
-/// five filters inlined into one 22 KB request function and a 30 KB `configure` held 106 MiB
+/// five filters inlined into one 22 KB request function and a 47 KB `configure` held 106 MiB
 /// RSS, split 98 (5 runs each, Envoy 1.40.0, `--concurrency 1`); the 608 KB module of before
 /// issue 14's size work, 105. Out of line costs tether-edge 43 Wasm instructions per request.
 pub trait Filter: Sized + 'static {

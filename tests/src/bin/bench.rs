@@ -517,8 +517,8 @@ fn main() {
         if let Some(c) = cookie {
             arm.headers.push(("cookie".into(), c));
         }
-        // BENCH_BROWSER_HEADERS=1: every arm's load sends what a browser sends besides (Envoy's
-        // cost of a whole-map write grows with the map; the default load has few lines).
+        // BENCH_BROWSER_HEADERS=1: every arm's load sends what a browser sends besides (a longer
+        // map costs Envoy more to hand over and to edit; the default load has few lines).
         if std::env::var_os("BENCH_BROWSER_HEADERS").is_some() {
             arm.headers.extend(BROWSER_HEADERS.iter().map(|(n, v)| (n.to_string(), v.to_string())));
         }
